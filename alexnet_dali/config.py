@@ -1,0 +1,124 @@
+"""The one training configuration: built once (defaults, then the command line or the API's
+keyword arguments), passed explicitly, written to the run directory and into every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A configuration value (from the command line or the API) that cannot be used."""
+
+
+def _opt(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # Data
+    data: str = _opt("", "data root (or http(s) URL): DATA/train, DATA/val, ... in either layout")
+    labels: str | None = _opt(None, "JSON mapping image id -> label (the original project's layout)")
+    label_encoding: str | None = _opt(None, "JSON mapping label -> class index (default: sorted labels)")
+    val_split: str = _opt("val", "name of the validation split folder")
+    cache_dir: str | None = _opt(None, "where URL data sets are downloaded (default: ~/.cache/alexnet-dali)")
+    skip_bad: bool = _opt(False, "exclude images that fail the pre-training scan (recorded in the run directory)")
+
+    # Run
+    out: str = _opt("runs/alexnet", "run directory: checkpoints, history.json, TensorBoard logs")
+    epochs: int = _opt(90, "total epochs (the paper: about 90)")
+    device: str = _opt("auto", "auto | cpu | gpu: where decoding, augmentation and training run")
+    seed: int = _opt(0, "run seed: model init, DALI augmentation and shuffling derive from it")
+    resume: bool = _opt(False, "continue from OUT/last.pt (automatic after a torchrun restart)")
+    checkpoint_every: float = _opt(0.0, "minutes between mid-epoch checkpoints (0: at epoch ends only)")
+
+    # Optimisation (section 5 of the paper)
+    batch_size: int = _opt(128, "global batch: images per step summed over all processes")
+    per_gpu_batch: bool = _opt(False, "treat --batch-size as per process and scale lr by the world size")
+    lr: float = _opt(0.01, "initial learning rate (for the global batch)")
+    momentum: float = _opt(0.9, "SGD momentum")
+    weight_decay: float = _opt(5e-4, "SGD weight decay")
+    lr_patience: int = _opt(5, "epochs without a lower validation error before lr is divided by 10")
+    min_lr: float = _opt(1e-6, "lr is never reduced below this")
+
+    # Model and augmentation
+    groups: int = _opt(1, "1: one tower; 2: the paper's two-tower connectivity in conv2/4/5")
+    dropout: float = _opt(0.5, "dropout probability in fc6 and fc7")
+    lighting: float = _opt(0.1, "std of the PCA lighting coefficients alpha (0 disables)")
+    pca_images: int = _opt(10000, "images sampled for the RGB PCA (0: every training image)")
+
+    # Input pipeline
+    dali_threads: int = _opt(0, "DALI CPU worker threads per process (0: chosen for the machine)")
+    prefetch: int = _opt(2, "batches DALI prepares ahead of the model")
+
+    def __post_init__(self):
+        check_types(self)
+        if self.device not in ("auto", "cpu", "gpu"):
+            raise ConfigError(f"device must be auto, cpu or gpu, got {self.device!r}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "prefetch": self.prefetch}
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        non_negative = {
+            "momentum": self.momentum, "weight_decay": self.weight_decay, "lr_patience": self.lr_patience,
+            "min_lr": self.min_lr, "lighting": self.lighting, "pca_images": self.pca_images,
+            "dali_threads": self.dali_threads, "checkpoint_every": self.checkpoint_every,
+        }
+        for name, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"{name} must not be negative, got {value}")
+        if self.groups not in (1, 2):
+            raise ConfigError(f"groups must be 1 or 2, got {self.groups}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**values)
+
+    def replace(self, **changes) -> TrainConfig:
+        return self.from_dict({**self.to_dict(), **changes})
+
+
+def check_types(config) -> None:
+    """Raise ConfigError for any field whose value does not match its annotation."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not _matches(value, hints[f.name]):
+            raise ConfigError(f"config field {f.name} must be {_describe(hints[f.name])}, got {value!r}")
+
+
+def _matches(value, annotation) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _describe(annotation) -> str:
+    args = typing.get_args(annotation)
+    if args:
+        return " or ".join(_describe(a) for a in args)
+    return "None" if annotation is type(None) else annotation.__name__
+
+
+def write_json(config: TrainConfig, path, **extra) -> None:
+    with open(path, "w") as f:
+        json.dump({**config.to_dict(), **extra}, f, indent=2, sort_keys=True)

@@ -1,0 +1,271 @@
+"""Where the images are and what they are labelled: data location + label files -> Split.
+
+No DALI here. DALI's own file reader, given a root, labels sub-folders by sorted index, counts
+empty folders, does not recurse and silently skips files it does not know; so we never let it
+discover files. This module builds the file and label lists, checks them, and the pipelines get
+`files=` / `labels=`.
+
+Layouts (see README):
+1. the original project's: DATA/<split>/ holds image files; a JSON maps image id -> label
+   ({"img_1": "cat"}), an optional second JSON maps label -> index ({"cat": 0}). An image id is
+   the file name with or without its extension.
+2. class folders: DATA/<split>/<class>/<image>; classes sorted by name unless an encoding JSON
+   maps folder name -> index.
+
+Every problem found is collected and reported together in one DataError, each line naming the
+file or label and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pnm", ".ppm", ".pgm"}
+)
+MAX_LISTED = 20  # problems listed in an error message before "... and N more"
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class DataError(ValueError):
+    """Bad input, with every problem found (each names a file or label and what is wrong)."""
+
+    def __init__(self, problems: list[Problem] | str, summary: str = "problems with the data"):
+        if isinstance(problems, str):
+            problems = [Problem("", problems)]
+        self.problems = list(problems)
+        lines = [str(p).lstrip(": ") for p in self.problems[:MAX_LISTED]]
+        if len(self.problems) > MAX_LISTED:
+            lines.append(f"... and {len(self.problems) - MAX_LISTED} more")
+        if len(self.problems) == 1:
+            message = lines[0]
+        else:
+            message = f"{summary} ({len(self.problems)}):\n  " + "\n  ".join(lines)
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a data set: parallel lists of image files and integer labels."""
+
+    name: str
+    files: tuple[str, ...]  # absolute paths, sorted
+    labels: tuple[int, ...]  # class index of each file
+    classes: tuple[str, ...]  # class index -> class name
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def without(self, excluded: set[str]) -> Split:
+        """This split minus the given files (used by --skip-bad)."""
+        kept = [(f, y) for f, y in zip(self.files, self.labels) if f not in excluded]
+        return Split(self.name, tuple(f for f, _ in kept), tuple(y for _, y in kept), self.classes)
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def load_json(path: str | os.PathLike, what: str) -> dict:
+    """Read a JSON object, with errors that name the file and the place it went wrong."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{what} file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{what} file {path} cannot be read: {e}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{what} file {path} is malformed JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{what} file {path} must hold a JSON object, not {type(value).__name__}")
+    return value
+
+
+def read_label_encoding(path: str | os.PathLike) -> dict[str, int]:
+    """label -> index, checked: integer indices, each used once, covering 0 .. K-1."""
+    raw = load_json(path, "label encoding")
+    if not raw:
+        raise DataError(f"label encoding file {path} is empty")
+    problems = [
+        Problem(str(path), f"label {label!r} has index {index!r}, which is not an integer")
+        for label, index in raw.items()
+        if not isinstance(index, int) or isinstance(index, bool)
+    ]
+    if problems:
+        raise DataError(problems, "bad label encoding")
+    by_index: dict[int, list[str]] = {}
+    for label, index in raw.items():
+        by_index.setdefault(index, []).append(label)
+    for index, names in sorted(by_index.items()):
+        if len(names) > 1:
+            problems.append(Problem(str(path), f"index {index} is given to several labels: {', '.join(map(repr, names))}"))
+    expected = set(range(len(raw)))
+    if set(by_index) != expected:
+        out_of_range = sorted(set(by_index) - expected)
+        missing = sorted(expected - set(by_index))
+        problems.append(Problem(
+            str(path),
+            f"indices must be 0..{len(raw) - 1}, one per label; out of range: {out_of_range or 'none'}, "
+            f"unused: {missing or 'none'}",
+        ))
+    if problems:
+        raise DataError(problems, "bad label encoding")
+    return dict(raw)
+
+
+def classes_from_encoding(encoding: dict[str, int]) -> tuple[str, ...]:
+    return tuple(label for label, _ in sorted(encoding.items(), key=lambda item: item[1]))
+
+
+def _label_sort_key(label: str):
+    return (0, int(label), "") if label.isdigit() else (1, 0, label)
+
+
+def list_dir(folder: Path) -> tuple[list[Path], list[Path], list[Problem]]:
+    """Image files and sub-folders of one folder; anything else is a problem. Hidden entries
+    (.DS_Store, ._foo) are ignored."""
+    images, folders, problems = [], [], []
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            folders.append(entry)
+        elif is_image_name(entry.name):
+            images.append(entry)
+        else:
+            problems.append(Problem(str(entry), f"not an image file name (extension {entry.suffix or 'none'!r})"))
+    return images, folders, problems
+
+
+def split_folder(data: str | os.PathLike, split: str) -> Path:
+    root = Path(data)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist" if not root.exists() else f"{root} is not a folder")
+    folder = root / split
+    if not folder.is_dir():
+        present = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise DataError(
+            f"missing split {split!r}: {folder} does not exist (folders in {root}: {', '.join(present) or 'none'})"
+        )
+    return folder
+
+
+def index_labelled_split(data, split: str, labels: dict[str, object], encoding: dict[str, int], labels_path: str) -> Split:
+    """Layout 1: a flat folder of images labelled by the image-id JSON."""
+    folder = split_folder(data, split)
+    images, folders, problems = list_dir(folder)
+    problems += [Problem(str(f), "nested folder in a split of the original layout (images must lie directly in "
+                                 f"{folder})") for f in folders]
+    files, targets, seen_ids = [], [], {}
+    for image in images:
+        key = image.name if image.name in labels else image.stem if image.stem in labels else None
+        if key is None:
+            problems.append(Problem(str(image), f"unlabelled: neither {image.name!r} nor {image.stem!r} is in {labels_path}"))
+            continue
+        if key in seen_ids:
+            problems.append(Problem(str(image), f"duplicate image id {key!r}: also {seen_ids[key]}"))
+            continue
+        seen_ids[key] = image
+        label = str(labels[key])
+        if label not in encoding:
+            problems.append(Problem(str(image), f"label {label!r} is not in the label encoding"))
+            continue
+        files.append(str(image.resolve()))
+        targets.append(encoding[label])
+    if problems:
+        raise DataError(problems, f"problems in split {split!r}")
+    if not files:
+        raise DataError(f"split {split!r} is empty: no image files in {folder}")
+    return Split(split, tuple(files), tuple(targets), classes_from_encoding(encoding))
+
+
+def folder_encoding(data, split: str) -> dict[str, int]:
+    """Class folder names of one split (the training split), sorted, -> index."""
+    _, class_dirs, _ = list_dir(split_folder(data, split))
+    return {d.name: i for i, d in enumerate(sorted(class_dirs, key=lambda d: d.name))}
+
+
+def index_class_folders(data, split: str, encoding: dict[str, int], origin: str = "the label encoding") -> Split:
+    """Layout 2: one folder per class, indexed by `encoding` (from a JSON or the training folders)."""
+    folder = split_folder(data, split)
+    loose, class_dirs, problems = list_dir(folder)
+    if loose and not class_dirs:
+        raise DataError(
+            f"{folder} holds image files but no class folders and no label JSON was given: pass --labels "
+            "(and --label-encoding) for the original layout, or sort the images into DATA/<split>/<class>/"
+        )
+    problems += [Problem(str(f), "image file beside the class folders (it has no class)") for f in loose]
+    files, targets = [], []
+    for class_dir in class_dirs:
+        if class_dir.name not in encoding:
+            problems.append(Problem(str(class_dir), f"class folder {class_dir.name!r} is not in {origin}"))
+            continue
+        images, nested, bad = list_dir(class_dir)
+        problems += bad
+        problems += [Problem(str(n), "nested folder inside a class folder (not read; move its images up)") for n in nested]
+        if not images and not bad and not nested:
+            problems.append(Problem(str(class_dir), "empty class folder"))
+        files += [str(p.resolve()) for p in images]
+        targets += [encoding[class_dir.name]] * len(images)
+    if problems:
+        raise DataError(problems, f"problems in split {split!r}")
+    if not files:
+        raise DataError(f"split {split!r} is empty: no class folders with images in {folder}")
+    return Split(split, tuple(files), tuple(targets), classes_from_encoding(encoding))
+
+
+def index_dataset(
+    data: str | os.PathLike,
+    labels_path: str | os.PathLike | None = None,
+    encoding_path: str | os.PathLike | None = None,
+    splits: tuple[str, ...] = ("train", "val"),
+) -> dict[str, Split]:
+    """Index the named splits of a local data set. Raises DataError naming every problem."""
+    encoding = read_label_encoding(encoding_path) if encoding_path else None
+    if labels_path is not None:
+        labels = load_json(labels_path, "labels")
+        bad = [Problem(str(labels_path), f"image {key!r} has label {value!r}; labels must be strings or integers")
+               for key, value in labels.items() if not isinstance(value, (str, int)) or isinstance(value, bool)]
+        if bad:
+            raise DataError(bad, "bad labels")
+        if encoding is None:
+            names = sorted({str(v) for v in labels.values()}, key=_label_sort_key)
+            encoding = {name: i for i, name in enumerate(names)}
+        result = {s: index_labelled_split(data, s, labels, encoding, str(labels_path)) for s in splits}
+    else:
+        origin = "the label encoding"
+        if encoding is None:  # every split uses the training split's folders, so indices agree
+            encoding, origin = folder_encoding(data, splits[0]), f"the class folders of split {splits[0]!r}"
+        result = {s: index_class_folders(data, s, encoding, origin) for s in splits}
+        check_same_classes(result)
+    return result
+
+
+def check_same_classes(splits: dict[str, Split]) -> None:
+    """Every split must hold the same classes: a validation class never trained on, or a trained
+    class never validated, is almost always a mistake in the folder tree."""
+    names = list(splits)
+    reference = splits[names[0]]
+    present = {name: {s.classes[y] for y in set(s.labels)} for name, s in splits.items()}
+    for name in names[1:]:
+        if present[name] != present[reference.name]:
+            only_ref = sorted(present[reference.name] - present[name])
+            only_other = sorted(present[name] - present[reference.name])
+            raise DataError(
+                f"splits {reference.name!r} and {name!r} have different classes: only in {reference.name}: "
+                f"{only_ref or 'none'}; only in {name}: {only_other or 'none'}"
+            )

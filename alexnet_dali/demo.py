@@ -1,0 +1,81 @@
+"""The embedded demo data set: procedurally drawn JPEGs in the original project's layout.
+
+Five visually distinct classes whose identity survives the paper's crops, flips and lighting:
+each has its own pattern (stripes, columns, rings, checks, diagonals) drawn in its own hue family
+against a random darker colour, with random periods, phases and noise;
+images of varied sizes and aspect ratios (some smaller than 256, so they are upscaled), and a few
+grayscale and progressive JPEGs, as real data sets have.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CLASSES = ("stripes", "columns", "rings", "checks", "diagonals")
+DEFAULT_COUNTS = {"train": 40, "val": 12, "test": 4}  # images per class
+
+
+def class_colour(kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A colour from the class's own hue family (so colour, as well as pattern, tells the classes
+    apart: the first cue a freshly initialised AlexNet learns)."""
+    hue = (CLASSES.index(kind) / len(CLASSES) + rng.uniform(-0.05, 0.05)) % 1.0
+    saturation, value = rng.uniform(0.6, 1.0), rng.uniform(0.7, 1.0)
+    return 255.0 * np.array(colorsys.hsv_to_rgb(hue, saturation, value))
+
+
+def draw(kind: str, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """One RGB uint8 image of the given class."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    period = rng.uniform(0.08, 0.2) * min(width, height)
+    phase = rng.uniform(0, 2 * np.pi)
+    if kind == "stripes":
+        wave = np.sin(2 * np.pi * y / period + phase)
+    elif kind == "columns":
+        wave = np.sin(2 * np.pi * x / period + phase)
+    elif kind == "rings":
+        cy, cx = rng.uniform(0.3, 0.7) * height, rng.uniform(0.3, 0.7) * width
+        wave = np.sin(2 * np.pi * np.hypot(y - cy, x - cx) / period + phase)
+    elif kind == "checks":
+        wave = np.sin(2 * np.pi * x / period + phase) * np.sin(2 * np.pi * y / period + phase)
+    elif kind == "diagonals":
+        sign = rng.choice([-1.0, 1.0])
+        wave = np.sin(2 * np.pi * (x + sign * y) / (period * 1.4) + phase)
+    else:
+        raise ValueError(f"unknown demo class {kind!r}")
+    first, second = class_colour(kind, rng), rng.uniform(0, 255, size=3) * 0.5
+    mix = (wave[..., None] > 0).astype(np.float32) * 0.8 + 0.1 + 0.1 * wave[..., None]
+    image = first * mix + second * (1 - mix) + rng.normal(0, 12, size=(height, width, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def make_demo_dataset(root: str | Path, counts: dict[str, int] | None = None, seed: int = 0) -> dict[str, Path]:
+    """Write DATA/{train,val,test}/*.jpg, labels.json (image id -> class) and
+    label_encoding.json (class -> index) under `root`. Returns their paths."""
+    root = Path(root)
+    counts = dict(DEFAULT_COUNTS if counts is None else counts)
+    rng = np.random.default_rng(seed)
+    labels: dict[str, str] = {}
+    for split, per_class in counts.items():
+        folder = root / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            for kind in CLASSES:
+                short = int(rng.integers(160, 400))
+                aspect = float(rng.uniform(0.6, 1.7))
+                width, height = (int(short * aspect), short) if aspect >= 1 else (short, int(short / aspect))
+                image = Image.fromarray(draw(kind, width, height, rng))
+                style = int(rng.integers(0, 10))
+                if style == 0:
+                    image = image.convert("L")  # grayscale JPEG: DALI still returns 3 channels
+                image_id = f"{split}_{kind}_{index:03d}"
+                image.save(folder / f"{image_id}.jpg", quality=int(rng.integers(75, 96)), progressive=style == 1)
+                labels[image_id] = kind
+    paths = {"data": root, "labels": root / "labels.json", "label_encoding": root / "label_encoding.json"}
+    paths["labels"].write_text(json.dumps(labels, indent=1, sort_keys=True))
+    paths["label_encoding"].write_text(json.dumps({kind: i for i, kind in enumerate(CLASSES)}, indent=1))
+    return paths

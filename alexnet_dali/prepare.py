@@ -1,0 +1,133 @@
+"""Everything between a data location and a training step: index the splits, decode-check every
+image, compute (or load) the PCA. Each problem surfaces here, named, before any training step."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import distributed
+from .config import TrainConfig
+from .data import DataError, Problem, Split, index_dataset
+from .distributed import DistInfo
+from .loader import cores_per_process
+from .pca import PCA, compute_pca, load_pca, pca_cache_name, sample_files, save_pca
+from .scan import CACHE_NAME, ScanCache, decode_check
+
+EXCLUDED_FILE = "excluded.json"
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    train: Split
+    val: Split
+    pca: PCA
+    excluded: dict  # path -> reason, for files left out by --skip-bad
+
+
+def cache_dirs(config: TrainConfig, data_root: str) -> list[Path]:
+    """Caches (PCA, scan results) live next to the data so runs share them, or in the run
+    directory where the data folder is read-only."""
+    return [Path(data_root) / ".alexnet-dali", Path(config.out) / "cache"]
+
+
+def writable_cache(dirs: list[Path]) -> Path | None:
+    for folder in dirs:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".probe{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+            return folder
+        except OSError:
+            continue
+    return None
+
+
+def resolve_data(config: TrainConfig, log=print) -> tuple[str, str | None, str | None]:
+    """(local data root, labels JSON, encoding JSON); URL data sets are fetched into the cache."""
+    if config.data.startswith(("http://", "https://")):
+        from .remote import fetch_dataset
+
+        return fetch_dataset(config.data, config.labels, config.label_encoding, cache_dir=config.cache_dir,
+                             splits=("train", config.val_split), log=log)
+    return config.data, config.labels, config.label_encoding
+
+
+def index(config: TrainConfig, log=print) -> tuple[dict[str, Split], str]:
+    """The train and validation splits, and the local data root."""
+    root, labels, encoding = resolve_data(config, log)
+    return index_dataset(root, labels, encoding, splits=("train", config.val_split)), root
+
+
+def scan_splits(splits: list[Split], dist_info: DistInfo, cache_dir: Path | None, log) -> dict[str, str]:
+    """path -> reason for every image that cannot be decoded. Rank 0 holds the cache; the ranks
+    share the decoding of what it does not know."""
+    files = sorted({f for s in splits for f in s.files})
+    cache = ScanCache(cache_dir / CACHE_NAME if cache_dir else None) if dist_info.is_main else None
+    known, todo = cache.split(files) if cache else ({}, [])
+    known, todo = distributed.broadcast_object((known, todo))
+    if todo and dist_info.is_main:
+        log(f"checking that {len(todo)} images decode ({len(files) - len(todo)} known from the cache)")
+    mine = todo[dist_info.rank::dist_info.world_size]
+    results = decode_check(mine, num_threads=cores_per_process(dist_info)) if mine else {}
+    merged: dict[str, str | None] = {}
+    for part in distributed.gather_objects(results):
+        merged.update(part)
+    if cache is not None and merged:
+        cache.record(merged)
+        cache.save()
+    return {**known, **{path: reason for path, reason in merged.items() if reason}}
+
+
+def prepare_data(config: TrainConfig, dist_info: DistInfo, log=print) -> PreparedData:
+    splits, root = index(config, log)
+    train, val = splits["train"], splits[config.val_split]
+    cache_dir = distributed.broadcast_object(writable_cache(cache_dirs(config, root)) if dist_info.is_main else None)
+    bad = scan_splits([train, val], dist_info, cache_dir, log)
+    if bad and not config.skip_bad:
+        raise DataError([Problem(path, reason) for path, reason in sorted(bad.items())],
+                        f"{len(bad)} image(s) cannot be decoded and would stop training mid-epoch; fix or remove "
+                        "them, or pass --skip-bad to train without them")
+    if bad:
+        train, val = train.without(set(bad)), val.without(set(bad))
+        if dist_info.is_main:
+            out = Path(config.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / EXCLUDED_FILE).write_text(json.dumps(bad, indent=2, sort_keys=True))
+            log(f"warning: --skip-bad left out {len(bad)} undecodable image(s), listed in {out / EXCLUDED_FILE}")
+        if not len(train) or not len(val):
+            raise DataError(f"no decodable images left in split {'train' if not len(train) else val.name!r}")
+    pca = training_pca(train, config, dist_info, cache_dir, log)
+    return PreparedData(train, val, pca, bad)
+
+
+def training_pca(train: Split, config: TrainConfig, dist_info: DistInfo, cache_dir: Path | None, log) -> PCA:
+    """The cached PCA if rank 0 has one (all ranks then use it), else computed by all ranks."""
+    files = sample_files(train.files, config.pca_images, config.seed)
+    path = cache_dir / pca_cache_name(files) if cache_dir else None
+    pca = load_pca(path) if dist_info.is_main and path else None
+    pca = distributed.broadcast_object(pca)
+    if pca is not None:
+        return pca
+    if dist_info.is_main:
+        log(f"computing the RGB PCA over {len(files)} training images (cached for later runs)")
+    pca = compute_pca(files, device=dist_info.dali_device, device_id=dist_info.dali_device_id,
+                      num_threads=cores_per_process(dist_info), rank=dist_info.rank,
+                      world_size=dist_info.world_size, all_reduce=all_reduce_int64(dist_info))
+    if dist_info.is_main and path:
+        save_pca(pca, path)
+    return pca
+
+
+def all_reduce_int64(dist_info: DistInfo):
+    def reduce(values: np.ndarray) -> np.ndarray:
+        tensor = torch.from_numpy(values.astype(np.int64)).to(dist_info.device)
+        return distributed.all_reduce_sum(tensor).cpu().numpy()
+
+    return reduce

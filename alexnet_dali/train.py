@@ -1,0 +1,366 @@
+"""The training loop: one process, or N under torchrun (DDP, one GPU or the CPU per process).
+
+    prepare data (index, scan, PCA) -> model, SGD, ReduceLROnPlateau -> resume if asked
+    -> for each epoch: train_one_epoch -> evaluate -> lr schedule -> checkpoint, history, TensorBoard
+
+Only the main process (rank 0) writes files and shows progress; metrics are all-reduced counts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from . import __version__, distributed
+from .checkpoint import BEST, LAST, CheckpointError, link, newest_valid_checkpoint, save_checkpoint
+from .config import ConfigError, TrainConfig, write_json
+from .data import Split
+from .distributed import DistInfo
+from .loader import LoaderSettings, dali_threads, evaluation_loader, training_loader
+from .model import AlexNetModule
+from .pca import PCA
+from .prepare import PreparedData, prepare_data
+
+HISTORY_KEYS = ("loss", "accuracy", "top5", "val_loss", "val_accuracy", "val_top5", "lr", "images_per_sec")
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM or SIGINT stopped training after a checkpoint was written."""
+
+    def __init__(self, signum: int, checkpoint: Path | None, epoch: int, step: int):
+        self.signum, self.checkpoint, self.epoch, self.step = signum, checkpoint, epoch, step
+        name = signal.Signals(signum).name
+        where = f"checkpoint written to {checkpoint}" if checkpoint else "no checkpoint written"
+        super().__init__(f"stopped by {name} in epoch {epoch + 1} after step {step}; {where}; "
+                         "run the same command with --resume to continue")
+
+
+@dataclass
+class TrainResult:
+    history: dict
+    checkpoint: Path
+    pca: PCA
+    classes: tuple[str, ...]
+    net: nn.Module
+
+
+# -- Metrics ---------------------------------------------------------------------------------
+
+def batch_counts(logits: torch.Tensor, labels: torch.Tensor, loss_sum: torch.Tensor) -> torch.Tensor:
+    """[loss sum, top-1 correct, top-5 correct, images] of one batch, as float64 on its device."""
+    k = min(5, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    hits = top.eq(labels.view(-1, 1))
+    return torch.stack([loss_sum.detach().double(), hits[:, 0].sum().double(), hits.any(dim=1).sum().double(),
+                        torch.tensor(float(labels.numel()), dtype=torch.float64, device=logits.device)])
+
+
+def rates(totals: torch.Tensor) -> tuple[float, float, float]:
+    loss_sum, top1, top5, count = totals.tolist()
+    count = max(count, 1.0)
+    return loss_sum / count, top1 / count, top5 / count
+
+
+# -- Signals and mid-epoch checkpoints -------------------------------------------------------
+
+class StepControl:
+    """After each step: should we checkpoint now, should we stop? Every rank must agree, so the
+    flags are all-reduced (max) each step under DDP: one tiny collective."""
+
+    def __init__(self, checkpoint_every_min: float, dist_info: DistInfo):
+        self.interval = checkpoint_every_min * 60.0
+        self.dist_info = dist_info
+        self.last_checkpoint = time.monotonic()
+        self.signum = 0
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._on_signal)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, signum, frame):
+        self.signum = signum  # acted on after the current step
+
+    def poll(self) -> tuple[bool, int]:
+        due = self.interval > 0 and time.monotonic() - self.last_checkpoint >= self.interval
+        flags = torch.tensor([float(due), float(self.signum)], device=self.dist_info.device)
+        due, signum = distributed.all_reduce_max(flags).tolist()
+        return bool(due) or bool(signum), int(signum)
+
+    def checkpointed(self) -> None:
+        self.last_checkpoint = time.monotonic()
+
+
+# -- One epoch -------------------------------------------------------------------------------
+
+@dataclass
+class EpochProgress:
+    """What this rank has done so far in the current epoch (saved in mid-epoch checkpoints)."""
+
+    totals: torch.Tensor
+    step: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def fresh(cls, device) -> EpochProgress:
+        return cls(torch.zeros(4, dtype=torch.float64, device=device))
+
+
+def train_one_epoch(model, criterion, optimizer, loader, progress: EpochProgress, *, control: StepControl,
+                    on_checkpoint, bar) -> int:
+    """Train over the rest of one epoch. Returns 0, or the signal that stopped it early."""
+    model.train()
+    start = time.perf_counter()
+    for images, labels in loader:
+        logits = model(images)
+        loss = criterion(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        progress.totals += batch_counts(logits, labels, loss.detach() * labels.numel())
+        progress.step += 1
+        bar.update(1)
+        if progress.step % 10 == 0 or progress.step == len(loader):
+            elapsed = progress.seconds + time.perf_counter() - start
+            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{progress.totals[3].item() / elapsed:.1f}")
+        save_now, signum = control.poll()
+        if save_now:
+            on_checkpoint(progress, progress.seconds + time.perf_counter() - start)
+            control.checkpointed()
+        if signum:
+            return signum
+    progress.seconds += time.perf_counter() - start
+    return 0
+
+
+@torch.inference_mode()
+def evaluate(model, loader, dist_info: DistInfo, expected: int | None = None) -> tuple[float, float, float]:
+    """Validation loss, top-1 and top-5 accuracy over the whole set: counts summed over ranks."""
+    model.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    totals = torch.zeros(4, dtype=torch.float64, device=dist_info.device)
+    for images, labels in loader:
+        logits = model(images)
+        totals += batch_counts(logits, labels, criterion(logits, labels))
+    distributed.all_reduce_sum(totals)
+    if expected is not None and int(totals[3].item()) != expected:
+        warnings.warn(f"validation counted {int(totals[3].item())} images, the split has {expected}", stacklevel=2)
+    return rates(totals)
+
+
+# -- Set-up ----------------------------------------------------------------------------------
+
+def batch_plan(config: TrainConfig, world_size: int) -> tuple[int, int, float]:
+    """(images per process, global batch, lr). By default --batch-size is the global batch, split
+    over the processes; with per_gpu_batch it is per process and lr grows linearly with the
+    number of processes (Goyal et al., 2017)."""
+    if config.per_gpu_batch:
+        return config.batch_size, config.batch_size * world_size, config.lr * world_size
+    if config.batch_size % world_size:
+        raise ConfigError(f"the global batch {config.batch_size} does not split evenly over {world_size} processes; "
+                         f"pick a multiple of {world_size} or use --per-gpu-batch")
+    return config.batch_size // world_size, config.batch_size, config.lr
+
+
+def run_dir_state(config: TrainConfig, dist_info: DistInfo) -> dict | None:
+    """The checkpoint to resume from, or None for a new run. A torchrun restart resumes by itself."""
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    found = newest_valid_checkpoint(config.out)
+    if found is None:
+        return None
+    if not (config.resume or restarted):
+        raise CheckpointError(f"{Path(config.out) / LAST} exists: pass --resume to continue that run, "
+                              "or --out for a new run directory")
+    return found[0]
+
+
+def check_resume(state: dict, config: TrainConfig, num_classes: int, global_batch: int) -> None:
+    saved = state["config"]
+    saved_batch = state.get("global_batch")
+    conflicts = []
+    if saved.get("groups") != config.groups:
+        conflicts.append(f"groups: {saved.get('groups')} -> {config.groups}")
+    if len(state["classes"]) != num_classes:
+        conflicts.append(f"classes: {len(state['classes'])} -> {num_classes}")
+    if saved_batch != global_batch:
+        conflicts.append(f"global batch: {saved_batch} -> {global_batch}")
+    if conflicts:
+        raise CheckpointError(f"cannot resume {config.out}: the checkpoint was made with a different set-up:\n  "
+                              + "\n  ".join(conflicts))
+
+
+def code_version() -> dict:
+    commit = None
+    try:
+        import subprocess
+
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"package_version": __version__, "commit": commit}
+
+
+def write_json_atomic(value, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, path)
+
+
+# -- The run ---------------------------------------------------------------------------------
+
+def train(config: TrainConfig, *, net: AlexNetModule | None = None, data: PreparedData | None = None,
+          log=print) -> TrainResult:
+    """Train as `config` says; `net` and `data` let the API hand in what it already built."""
+    dist_info = distributed.setup(config.device)
+    try:
+        return _train(config, dist_info, net, data, log if dist_info.is_main else (lambda *a, **k: None))
+    finally:
+        distributed.cleanup()
+
+
+def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, data: PreparedData | None,
+           log) -> TrainResult:
+    from tqdm import tqdm
+
+    out = Path(config.out)
+    resume_state = run_dir_state(config, dist_info)
+    data = data or prepare_data(config, dist_info, log)
+    train_split, val_split, pca = data.train, data.val, data.pca
+    per_process, global_batch, lr = batch_plan(config, dist_info.world_size)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    raw_model = net if net is not None else AlexNetModule(len(train_split.classes), config.groups, config.dropout)
+    if net is not None and net.num_classes != len(train_split.classes):
+        raise ConfigError(f"the network has {net.num_classes} outputs but the data has {len(train_split.classes)} classes")
+    raw_model.to(dist_info.device)
+    if dist_info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        raw_model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(raw_model.parameters(), lr=lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
+                                                           patience=config.lr_patience, min_lr=config.min_lr)
+    history = {key: [] for key in HISTORY_KEYS}
+    start_epoch, rank_state, best = 0, None, -1.0
+    torch.manual_seed(config.seed + 1 + dist_info.rank)  # dropout masks differ per rank
+    if resume_state is not None:
+        check_resume(resume_state, config, len(train_split.classes), global_batch)
+        raw_model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        history = {key: list(resume_state["history"].get(key, [])) for key in HISTORY_KEYS}
+        start_epoch, best = resume_state["epoch"], max(history["val_accuracy"], default=-1.0)
+        ranks = resume_state.get("ranks") or []
+        if len(ranks) == dist_info.world_size:
+            rank_state = ranks[dist_info.rank]
+            torch.set_rng_state(rank_state["torch_rng"])
+            if dist_info.device.type == "cuda" and rank_state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(rank_state["cuda_rng"])
+        else:
+            warnings.warn(f"the checkpoint was written by {len(ranks)} processes, this run has "
+                          f"{dist_info.world_size}: the data order restarts at epoch {start_epoch + 1}", stacklevel=2)
+        log(f"resuming {out} at epoch {start_epoch + 1}" +
+            (f", step {rank_state['step']}" if rank_state and rank_state["step"] else ""))
+    model = raw_model
+    if dist_info.distributed:
+        model = DistributedDataParallel(raw_model, device_ids=[dist_info.local_rank] if dist_info.device.type == "cuda" else None)
+
+    settings = LoaderSettings(per_process, dali_threads(config.dali_threads, dist_info), config.prefetch,
+                              config.seed, config.lighting)
+    train_loader = training_loader(train_split, pca, settings, dist_info, state=rank_state and rank_state["dali"])
+    val_loader = evaluation_loader(val_split, pca, settings, dist_info)
+    writer = None
+    if dist_info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(config, out / "config.json", **code_version(), world_size=dist_info.world_size,
+                   global_batch=global_batch, batch_per_process=per_process, lr_effective=lr,
+                   train_images=len(train_split), val_images=len(val_split), classes=list(train_split.classes))
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_epoch)
+        log(f"training on {len(train_split)} images ({len(train_split.classes)} classes), validating on "
+            f"{len(val_split)}; {dist_info.world_size} process(es) on {dist_info.device.type}, "
+            f"global batch {global_batch}; run directory {out}")
+        log(f"TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
+
+    def checkpoint(epoch: int, progress: EpochProgress | None, seconds: float = 0.0) -> Path:
+        """All ranks call this (they gather their states); rank 0 writes."""
+        mine = {"dali": train_loader.state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if dist_info.device.type == "cuda" else None,
+                "step": progress.step if progress else 0, "seconds": seconds,
+                "totals": progress.totals.cpu() if progress else None}
+        ranks = distributed.gather_objects(mine)
+        path = out / LAST
+        if dist_info.is_main:
+            save_checkpoint({
+                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "ranks": ranks,
+                "classes": list(train_split.classes), "pca": pca.to_dict(), "config": config.to_dict(),
+                "global_batch": global_batch, "world_size": dist_info.world_size, **code_version(),
+            }, path)
+        return path
+
+    criterion = nn.CrossEntropyLoss()
+    with StepControl(config.checkpoint_every, dist_info) as control:
+        for epoch in range(start_epoch, config.epochs):
+            progress = EpochProgress.fresh(dist_info.device)
+            if rank_state and rank_state["step"]:  # resume inside this epoch
+                progress = EpochProgress(rank_state["totals"].to(dist_info.device), rank_state["step"],
+                                         rank_state["seconds"])
+            rank_state = None
+            lr_now = optimizer.param_groups[0]["lr"]
+            bar = tqdm(total=len(train_loader), initial=progress.step, disable=not dist_info.is_main,
+                       desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", dynamic_ncols=True)
+            signum = train_one_epoch(model, criterion, optimizer, train_loader, progress,
+                                     control=control, bar=bar,
+                                     on_checkpoint=lambda p, s: checkpoint(epoch, p, s))
+            bar.close()
+            if signum:
+                raise TrainingInterrupted(signum, out / LAST, epoch, progress.step)
+            totals = distributed.all_reduce_sum(progress.totals.clone())
+            loss, top1, top5 = rates(totals)
+            images_per_sec = totals[3].item() / max(progress.seconds, 1e-9)
+            val_loss, val_top1, val_top5 = evaluate(raw_model, val_loader, dist_info, expected=len(val_split))
+            scheduler.step(1.0 - val_top1)  # section 5: lr / 10 when the validation error stops improving
+            for key, value in zip(HISTORY_KEYS, (loss, top1, top5, val_loss, val_top1, val_top5, lr_now, images_per_sec)):
+                history[key].append(value)
+            path = checkpoint(epoch + 1, None)
+            control.checkpointed()
+            if dist_info.is_main:
+                if val_top1 > best:
+                    best = val_top1
+                    link(path, out / BEST)
+                write_json_atomic(history, out / "history.json")
+                for key, value in zip(HISTORY_KEYS, (loss, top1, top5, val_loss, val_top1, val_top5, lr_now, images_per_sec)):
+                    writer.add_scalar(SCALAR_NAMES[key], value, epoch + 1)
+                writer.flush()
+                log(f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}, top-1 {top1:.1%}, val loss {val_loss:.4f}, "
+                    f"val top-1 {val_top1:.1%}, val top-5 {val_top5:.1%}, lr {lr_now:g}, {images_per_sec:.1f} images/s")
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss} in epoch {epoch + 1}; lower --lr")
+    if writer is not None:
+        writer.close()
+    return TrainResult(history, out / LAST, pca, train_split.classes, raw_model)
+
+
+SCALAR_NAMES = {
+    "loss": "train/loss", "accuracy": "train/top1", "top5": "train/top5", "val_loss": "val/loss",
+    "val_accuracy": "val/top1", "val_top5": "val/top5", "lr": "lr", "images_per_sec": "images_per_sec",
+}

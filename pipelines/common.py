@@ -1,0 +1,96 @@
+"""The steps every pipeline shares: read, decode + short side to 256 + centre 256×256, and the
+one crop_mirror_normalize that crops, flips, centres the pixels and adds the PCA lighting."""
+
+from __future__ import annotations
+
+import numpy as np
+import nvidia.dali.fn as fn
+import nvidia.dali.math as dmath
+import nvidia.dali.types as types
+
+READER_NAME = "Reader"  # the iterators find epoch sizes through this name (never a hand-set size)
+SCALE_SIZE = 256  # section 2: short side rescaled to 256, then the central 256×256 patch
+CROP_SIZE = 224  # section 4.1: random 224×224 patches of the 256×256 image
+CROP_POSITIONS = SCALE_SIZE - CROP_SIZE + 1  # 33 offsets (0..32) per axis
+
+# Buffers the mixed decoder pre-allocates so it does not grow them batch by batch (the values of
+# NVIDIA's ImageNet examples).
+DEVICE_MEMORY_PADDING = 211025920
+HOST_MEMORY_PADDING = 140544512
+
+
+def read_files(files, labels, *, shard_id: int, num_shards: int, shuffle: bool, shuffle_seed: int = 0):
+    """DALI's file reader over our own file and label lists.
+
+    Sharded by the *global* rank. The last batch of a shard is padded (pad_last_batch) so every
+    shard reports the same size and the iterators agree on the number of steps. Training shuffles
+    the whole list every epoch with one seed shared by all ranks (shuffle_after_epoch), so the
+    shards stay disjoint; the reader's `random_shuffle` would only shuffle within a small buffer,
+    which on a class-sorted list like ImageNet's means batches of one class.
+    """
+    options = dict(shuffle_after_epoch=True, shuffle_after_epoch_seed=shuffle_seed) if shuffle else {}
+    return fn.readers.file(
+        files=list(files), labels=list(labels), shard_id=shard_id, num_shards=num_shards,
+        pad_last_batch=True, name=READER_NAME, **options,
+    )
+
+
+def decode(encoded, device: str, hw_decoder_load: float = 0.65):
+    """JPEG/PNG/... -> RGB uint8 HWC, on the CPU (libjpeg-turbo) or the GPU (nvJPEG + hardware decoder)."""
+    if device == "gpu":
+        return fn.decoders.image(
+            encoded, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load,
+            device_memory_padding=DEVICE_MEMORY_PADDING, host_memory_padding=HOST_MEMORY_PADDING,
+        )
+    if device == "cpu":
+        return fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
+    raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+
+
+def decode_and_centre(encoded, device: str, size: int = SCALE_SIZE, hw_decoder_load: float = 0.65):
+    """Decode, rescale the short side to `size` and keep the central size×size square.
+
+    Done as one resize of the centred square region of interest, so no pixel outside the final
+    square is ever produced. The square's offset is rounded down in source pixels; an image whose
+    short side already equals `size` is copied exactly.
+    """
+    images = decode(encoded, device, hw_decoder_load)
+    shape = fn.peek_image_shape(encoded)  # H, W, C after EXIF orientation, as the decoder applies it
+    height, width = shape[0], shape[1]
+    side = dmath.min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    start = fn.cast(fn.stack(top, left), dtype=types.FLOAT)
+    end = fn.cast(fn.stack(top + side, left + side), dtype=types.FLOAT)
+    return fn.resize(images, size=[size, size], roi_start=start, roi_end=end, roi_relative=False)
+
+
+def lighting_mean(mean_rgb, eigval, eigvec, sigma: float):
+    """What crop_mirror_normalize subtracts, per image, in 0-255 units.
+
+    Section 4.1: to each pixel add eigvec @ (alpha * eigval), alpha ~ N(0, sigma) drawn per image.
+    The PCA is in [0, 1] units and the pixels in 0-255, so the shift is 255 times that; adding it
+    to the pixels equals subtracting it from the mean. With sigma == 0 the mean is a constant.
+    """
+    mean255 = [255.0 * float(m) for m in mean_rgb]
+    if sigma == 0:
+        return mean255
+    # shift = M @ alpha with M = 255 * eigvec @ diag(eigval): one 3×3 transform per image.
+    transform = 255.0 * np.asarray(eigvec, dtype=np.float64) @ np.diag(np.asarray(eigval, dtype=np.float64))
+    alpha = fn.random.normal(shape=[1, 3], stddev=sigma)
+    shift = fn.reshape(fn.coord_transform(alpha, M=transform.astype(np.float32).ravel().tolist()), shape=[3])
+    return types.Constant(np.asarray(mean255, dtype=np.float32)) - shift
+
+
+def normalised_crop(images, *, mean, crop_pos_x=0.5, crop_pos_y=0.5, mirror=0, layout: str = "CHW",
+                    dtype=types.FLOAT):
+    """A 224×224 window of the 256×256 image at anchor (crop_pos · 32), optionally mirrored,
+    minus the (per-image) mean: centred raw RGB values, no division (section 2)."""
+    return fn.crop_mirror_normalize(
+        images, crop=(CROP_SIZE, CROP_SIZE), crop_pos_x=crop_pos_x, crop_pos_y=crop_pos_y, mirror=mirror,
+        mean=mean, std=[1.0, 1.0, 1.0], dtype=dtype, output_layout=layout,
+    )
+
+
+def output_layout(device: str) -> str:
+    """NHWC on the GPU (a channels_last model takes it as is), NCHW on the CPU."""
+    return "HWC" if device == "gpu" else "CHW"

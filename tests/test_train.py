@@ -1,0 +1,146 @@
+"""The training loop, the run directory it writes, the API and the CLI, on real JPEGs through the
+real DALI CPU pipeline."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet_dali.config import ConfigError, TrainConfig
+from alexnet_dali.model import AlexNetModule
+from alexnet_dali.train import HISTORY_KEYS, train
+from conftest import make_original_layout, run_cli
+
+
+def tiny_config(layout, out, **changes) -> TrainConfig:
+    values = dict(data=str(layout["data"]), labels=str(layout["labels"]), label_encoding=str(layout["label_encoding"]),
+                  out=str(out), epochs=2, batch_size=4, lr=3e-5, device="cpu", dali_threads=1)
+    return TrainConfig(**{**values, **changes})
+
+
+def untrained_val_loss(config: TrainConfig) -> float:
+    """Validation loss of the network `train` starts from (same seed, same init)."""
+    from alexnet_dali.distributed import DistInfo
+    from alexnet_dali.loader import LoaderSettings, evaluation_loader
+    from alexnet_dali.prepare import prepare_data
+    from alexnet_dali.train import evaluate
+
+    cpu = DistInfo(0, 0, 1, 1, torch.device("cpu"))
+    data = prepare_data(config, cpu, log=lambda *a: None)
+    torch.manual_seed(config.seed)
+    net = AlexNetModule(len(data.train.classes))
+    loader = evaluation_loader(data.val, data.pca, LoaderSettings(config.batch_size, 1, 2, config.seed, 0.0), cpu)
+    return evaluate(net, loader, cpu)[0]
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    layout = make_original_layout(root / "data")
+    config = tiny_config(layout, root / "run")
+    before = untrained_val_loss(config)
+    return config, train(config, log=lambda *a: None), before
+
+
+def test_two_epochs_lower_the_loss_and_write_the_run_directory(two_epoch_run):
+    """The loss that shows learning this early is the validation loss (eval mode, centre crops):
+    the training loss of the first steps is dominated by dropout noise on the paper's init."""
+    config, result, before = two_epoch_run
+    history = result.history
+    assert set(history) == set(HISTORY_KEYS)
+    assert all(len(history[k]) == 2 for k in HISTORY_KEYS)
+    assert history["val_loss"][1] < history["val_loss"][0] < before
+    assert history["lr"] == [3e-5, 3e-5]
+    assert all(0 <= v <= 1 for k in ("accuracy", "top5", "val_accuracy", "val_top5") for v in history[k])
+    assert history["val_top5"] == [1.0, 1.0]  # two classes: the true one is always in the top 5
+    assert all(v > 0 for v in history["images_per_sec"])
+    out = result.checkpoint.parent
+    assert json.loads((out / "history.json").read_text()) == history
+    saved_config = json.loads((out / "config.json").read_text())
+    assert saved_config["batch_size"] == 4 and saved_config["global_batch"] == 4 and "commit" in saved_config
+    assert (out / "best.pt").is_file()
+
+
+def test_checkpoint_reloads_with_weights_only(two_epoch_run):
+    config, result, _ = two_epoch_run
+    state = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
+    assert state["epoch"] == 2
+    assert {"model", "optimizer", "scheduler", "history", "pca", "classes", "config", "ranks"} <= set(state)
+    assert state["classes"] == ["cat", "dog"]
+    assert len(state["optimizer"]["state"]) == 16  # a momentum buffer for each of 8 weights and 8 biases
+    net = AlexNetModule(2)
+    net.load_state_dict(state["model"])
+    net.eval()
+    result.net.eval()
+    x = torch.randn(2, 3, 224, 224) * 50
+    torch.testing.assert_close(net(x), result.net(x))
+
+
+def test_tensorboard_scalars_are_written(two_epoch_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config, result, _ = two_epoch_run
+    events = EventAccumulator(str(result.checkpoint.parent / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/top1", "val/loss", "val/top1", "val/top5", "lr", "images_per_sec"} <= tags
+    losses = [e.value for e in events.Scalars("train/loss")]
+    np.testing.assert_allclose(losses, result.history["loss"], rtol=1e-6)
+
+
+def test_training_needs_the_same_classes_as_the_network(tmp_path, original_layout):
+    with pytest.raises(ConfigError, match="3 outputs but the data has 2 classes"):
+        train(tiny_config(original_layout, tmp_path / "run", epochs=1), net=AlexNetModule(3), log=lambda *a: None)
+
+
+def test_api_fit_returns_the_history_and_continues(tmp_path, original_layout):
+    from alexnet_dali import AlexNet
+
+    model = AlexNet(original_layout["data"], original_layout["labels"], original_layout["label_encoding"],
+                    batch_size=4, lr=0.001, device="cpu", out_dir=tmp_path / "run", verbose=False)
+    assert isinstance(model.net, AlexNetModule) and model.net.num_classes == 2
+    first = model.fit(epochs=1)
+    assert {k: len(v) for k, v in first.items()} == {k: 1 for k in HISTORY_KEYS}
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    second = model.fit(epochs=1)  # continues: same run directory, resumed optimiser and schedule
+    assert {k: len(v) for k, v in second.items()} == {k: 2 for k in HISTORY_KEYS}
+    assert second["loss"][0] == first["loss"][0]
+    assert any(not torch.equal(before[k], v) for k, v in model.net.state_dict().items())
+
+
+def test_config_rejects_unknown_keys_and_wrong_types():
+    with pytest.raises(ConfigError, match="unknown config keys: colour"):
+        TrainConfig.from_dict({"colour": "red"})
+    with pytest.raises(ConfigError, match="batch_size must be int"):
+        TrainConfig(batch_size="128")
+    with pytest.raises(ConfigError, match="lr must be positive"):
+        TrainConfig(lr=0.0)
+
+
+def test_cli_help_lists_every_verb():
+    result = run_cli("--help", check=True)
+    for verb in ("demo", "train", "predict", "evaluate", "check"):
+        assert verb in result.stdout
+    train_help = run_cli("train", "--help", check=True).stdout
+    for option in ("--labels", "--label-encoding", "--epochs", "--batch-size", "--lr", "--out", "--device", "--resume"):
+        assert option in train_help
+
+
+def test_cli_train_runs_and_refuses_to_overwrite_a_run(tmp_path, original_layout):
+    args = ["train", original_layout["data"], "--labels", original_layout["labels"], "--label-encoding",
+            original_layout["label_encoding"], "--epochs", "1", "--batch-size", "4", "--lr", "0.001",
+            "--out", tmp_path / "run", "--device", "cpu"]
+    result = run_cli(*args, check=True)
+    assert "epoch 1/1" in result.stdout and "tensorboard --logdir" in result.stdout
+    assert (tmp_path / "run" / "last.pt").is_file()
+    again = run_cli(*args)
+    assert again.returncode == 2
+    assert "last.pt exists: pass --resume" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_cli_reports_bad_data_without_a_traceback(tmp_path, original_layout):
+    (original_layout["data"] / "val" / "extra.jpg").write_bytes(b"")  # unlabelled (and empty)
+    result = run_cli("train", original_layout["data"], "--labels", original_layout["labels"], "--out", tmp_path / "r")
+    assert result.returncode == 2
+    assert "extra.jpg" in result.stderr and "unlabelled" in result.stderr and "Traceback" not in result.stderr
