@@ -1,0 +1,227 @@
+"""Ten-crop prediction (section 4.1: four corners and the centre of the 256×256 image, and their
+mirrors, softmax averaged), on real image files, against NumPy and PIL references."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet_dali.data import DataError, index_dataset
+from alexnet_dali.model import AlexNetModule
+from alexnet_dali.pca import PCA
+from alexnet_dali.pipelines import TENCROP_ORDER
+from alexnet_dali.predict import Predictor, evaluate_split
+from conftest import make_class_folders, run_cli, smooth_image, write_image
+from pipeline_helpers import pil_centre_256
+
+PCA_FOR_TESTS = PCA(mean=(0.48, 0.46, 0.41), eigval=(0.1, 0.01, 0.001),
+                    eigvec=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+MEAN255 = np.array([255.0 * m for m in PCA_FOR_TESTS.mean]).astype(np.float32)  # as the pipeline gets it
+
+
+def test_documented_order_of_the_ten_views():
+    """Corner anchors in pixels of the 256×256 image: 0 or 32; the centre: 16."""
+    anchors = [(name, int(x * 32), int(y * 32), m) for name, x, y, m in TENCROP_ORDER]
+    plain = [("top-left", 0, 0), ("top-right", 32, 0), ("bottom-left", 0, 32), ("bottom-right", 32, 32),
+             ("centre", 16, 16)]
+    assert anchors == [(n, x, y, 0) for n, x, y in plain] + [("mirrored " + n, x, y, 1) for n, x, y in plain]
+
+
+def reference_crops(image256: np.ndarray) -> np.ndarray:
+    """NumPy: the documented order (TENCROP_ORDER) of 224 windows of the normalised 256×256 image."""
+    normalised = image256.astype(np.float32) - MEAN255
+    views = []
+    for _, x, y, mirrored in TENCROP_ORDER:
+        left, top = int(x * 32), int(y * 32)
+        patch = normalised[top:top + 224, left:left + 224]
+        views.append((patch[:, ::-1] if mirrored else patch).transpose(2, 0, 1))
+    return np.stack(views)
+
+
+def sensitive_net(num_classes=5, seed=0) -> AlexNetModule:
+    """An AlexNet whose output depends strongly on its input (the paper's init is nearly constant
+    before training, which would let wrong crops pass unnoticed)."""
+    torch.manual_seed(seed)
+    net = AlexNetModule(num_classes)
+    for name, layer in net.weighted_layers().items():
+        torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+        torch.nn.init.zeros_(layer.bias)
+    with torch.no_grad():
+        net.features.conv1.weight /= 16.0  # inputs are centred 0-255 values
+        net.classifier.fc8.weight /= 4.0
+    return net.eval()
+
+
+def reference_prediction(net, crops: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return torch.softmax(net(torch.from_numpy(np.ascontiguousarray(crops))), dim=1).mean(dim=0).numpy()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tencrop")
+    return {
+        "wide256": write_image(folder / "wide256.png", 300, 256, seed=1),  # even margins: 22 px
+        "tall256": write_image(folder / "tall256.png", 256, 290, seed=2),  # odd margins: 17 / 17
+        "square": write_image(folder / "square.png", 256, 256, seed=3),
+        "big": write_image(folder / "big.jpg", 500, 375, seed=4),
+        "small": write_image(folder / "small.jpg", 180, 200, seed=5),
+    }
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor(sensitive_net(), PCA_FOR_TESTS, [f"c{i}" for i in range(5)], device="cpu", batch_size=4)
+
+
+def test_ten_crops_are_exact_numpy_slices_when_no_resampling_is_needed(images, predictor):
+    names = ["wide256", "tall256", "square"]
+    crops = predictor.crops([images[n].read_bytes() for n in names], names).numpy()
+    assert crops.shape == (3, 10, 3, 224, 224)
+    for crops_of_one, name in zip(crops, names):
+        pixels = np.asarray(Image.open(images[name]).convert("RGB"))
+        h, w = pixels.shape[:2]
+        top, left = (h - 256) // 2, (w - 256) // 2
+        np.testing.assert_array_equal(crops_of_one, reference_crops(pixels[top:top + 256, left:left + 256]))
+
+
+def test_ten_crops_of_resampled_jpegs_match_pil_within_one_grey_level(images, predictor):
+    names = ["big", "small"]
+    crops = predictor.crops([images[n].read_bytes() for n in names], names).numpy()
+    for crops_of_one, name in zip(crops, names):
+        assert np.abs(crops_of_one - reference_crops(pil_centre_256(images[name]))).max() <= 1.0 + 1e-4
+
+
+def test_prediction_is_the_mean_softmax_over_the_reference_crops(images, predictor):
+    paths = [images[n] for n in ("wide256", "big", "small")]
+    probabilities = predictor.predict_files(paths)
+    assert probabilities.shape == (3, 5)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
+    for path, row in zip(paths, probabilities):
+        reference = reference_prediction(predictor.net, reference_crops(pil_centre_256(path)))
+        np.testing.assert_allclose(row, reference, atol=2e-3)  # resampling differs by <= 1 grey level
+    exact = reference_prediction(predictor.net, reference_crops(
+        np.asarray(Image.open(images["wide256"]).convert("RGB"))[:, 22:278]))
+    np.testing.assert_allclose(probabilities[0], exact, rtol=1e-4, atol=1e-6)
+    # and the network is not blind: different images get clearly different predictions
+    assert np.abs(probabilities[0] - probabilities[1]).max() > 0.05
+
+
+def test_mirrored_image_same_prediction_and_margins_do_not_matter(tmp_path, predictor):
+    pixels = smooth_image(320, 256, seed=9)  # 32 px margins on each side
+    original = write_image(tmp_path / "o.png", 320, 256, array=pixels)
+    mirrored = write_image(tmp_path / "m.png", 320, 256, array=np.ascontiguousarray(pixels[:, ::-1]))
+    repainted = pixels.copy()
+    repainted[:, :32] = 255 - repainted[:, :32]
+    repainted[:, 288:] = 0
+    margins = write_image(tmp_path / "r.png", 320, 256, array=repainted)
+    other = write_image(tmp_path / "x.png", 320, 256, seed=10)
+    p = predictor.predict_files([original, mirrored, margins, other])
+    np.testing.assert_allclose(p[1], p[0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(p[2], p[0])
+    assert np.abs(p[3] - p[0]).max() > 0.05
+
+
+def test_batched_and_single_predictions_agree(images, predictor):
+    paths = list(images.values())  # 5 images, batch size 4: two pipeline runs
+    batched = predictor.predict_files(paths)
+    singles = np.stack([predictor.predict_files([p])[0] for p in paths])
+    np.testing.assert_allclose(batched, singles, rtol=1e-5, atol=1e-7)
+
+
+def test_bad_paths_and_undecodable_files_are_named(tmp_path, images, predictor):
+    with pytest.raises(DataError, match=r"nope\.jpg: no such file"):
+        predictor.predict_files([images["big"], tmp_path / "nope.jpg"])
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(images["big"].read_bytes()[:3000])
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "text.jpg"
+    text.write_text("not a picture")
+    with pytest.raises(DataError, match=r"broken\.jpg: truncated JPEG"):
+        predictor.predict_files([images["big"], broken])
+    with pytest.raises(DataError, match=r"empty\.jpg: empty file"):
+        predictor.predict_files([empty])
+    with pytest.raises(DataError, match=r"text\.jpg: not an image"):
+        predictor.predict_files([text, images["small"]])
+    assert predictor.predict_files([images["small"]]).shape == (1, 5)  # the pipeline recovered
+
+
+def test_api_predict_predict_n_save_and_load(tmp_path, images):
+    from alexnet_dali import AlexNet
+
+    data = make_class_folders(tmp_path / "data", classes=("ant", "bee", "cow", "dog", "eel"))
+    model = AlexNet(data, device="cpu", out_dir=tmp_path / "run", verbose=False)
+    model.net = sensitive_net()
+    one = model.predict(str(images["big"]))
+    assert one.shape == (5,) and abs(one.sum() - 1) < 1e-5
+    many = model.predict([images["big"], images["small"]])
+    assert many.shape == (2, 5)
+    np.testing.assert_allclose(many[0], one, rtol=1e-5, atol=1e-7)
+    top = model.predict_n(images["big"], n=3)
+    assert [label for label, _ in top] == [model.classes[i] for i in np.argsort(-one)[:3]]
+    assert [p for _, p in top] == sorted((p for _, p in top), reverse=True)
+    assert all(label in ("ant", "bee", "cow", "dog", "eel") for label, _ in top)
+    np.testing.assert_allclose([p for _, p in top], np.sort(one)[::-1][:3], rtol=1e-6)
+    saved = model.save(tmp_path / "model.pt")
+    loaded = AlexNet.load(saved, device="cpu")  # needs no data set
+    assert loaded.classes == model.classes and loaded.pca == model.pca
+    np.testing.assert_array_equal(loaded.predict([images["big"], images["small"]]), many)
+
+
+def labelled_set(root: Path):
+    return make_class_folders(root, per_split={"train": 2, "val": 3}, classes=("ant", "bee", "cow", "dog", "eel"),
+                              size=(300, 260))
+
+
+def test_evaluate_agrees_with_a_reference_computation(tmp_path):
+    split = index_dataset(labelled_set(tmp_path / "data"))["val"]
+    net = sensitive_net(seed=1)
+    for ten_crop in (False, True):
+        result = evaluate_split(net, PCA_FOR_TESTS, split, ten_crop=ten_crop, device="cpu", batch_size=4)
+        top1 = top5 = loss = 0.0
+        for path, label in zip(split.files, split.labels):
+            crops = reference_crops(pil_centre_256(path))
+            probs = reference_prediction(net, crops if ten_crop else crops[4:5])  # index 4: the centre
+            order = np.argsort(-probs)
+            top1 += order[0] == label
+            top5 += label in order[:5]
+            loss -= np.log(probs[label])
+        n = len(split)
+        assert result["images"] == n
+        assert result["top1"] == pytest.approx(top1 / n) and result["top5"] == pytest.approx(top5 / n)
+        assert result["top1_error"] == pytest.approx(1 - top1 / n)
+        assert result["loss"] == pytest.approx(loss / n, rel=2e-3)
+
+
+def test_cli_predict_and_evaluate(tmp_path, images):
+    from alexnet_dali.checkpoint import save_checkpoint
+
+    data = labelled_set(tmp_path / "data")
+    classes = ["ant", "bee", "cow", "dog", "eel"]
+    net = sensitive_net(seed=2)
+    model_path = save_checkpoint({"model": net.state_dict(), "classes": classes, "pca": PCA_FOR_TESTS.to_dict(),
+                                  "config": {"groups": 1, "dropout": 0.5}}, tmp_path / "model.pt")
+    folder = data / "val" / "cow"
+    result = run_cli("predict", model_path, folder, images["big"], "--topk", "2", "--json", "--device", "cpu",
+                     check=True)
+    rows = json.loads(result.stdout)
+    expected_paths = sorted(str(p) for p in folder.iterdir()) + [str(images["big"])]
+    assert [r["image"] for r in rows] == expected_paths
+    reference = Predictor(net, PCA_FOR_TESTS, classes, device="cpu").predict_files(expected_paths)
+    for row, probs in zip(rows, reference):
+        assert [e["label"] for e in row["top"]] == [classes[i] for i in np.argsort(-probs)[:2]]
+        assert row["top"][0]["probability"] == pytest.approx(probs.max(), rel=1e-5)
+    text = run_cli("predict", model_path, images["big"], "--device", "cpu", check=True).stdout
+    assert str(images["big"]) in text and "%" in text
+    evaluated = run_cli("evaluate", model_path, data, "--ten-crop", "--json", "--device", "cpu", check=True)
+    split = index_dataset(data)["val"]
+    direct = evaluate_split(net, PCA_FOR_TESTS, split, ten_crop=True, device="cpu")
+    assert json.loads(evaluated.stdout)["top1"] == pytest.approx(direct["top1"])
+    text = run_cli("evaluate", model_path, data, "--device", "cpu", check=True).stdout
+    assert "top-1 accuracy" in text and "error" in text and "centre crop" in text
+    missing = run_cli("predict", model_path, tmp_path / "nothing.jpg", "--device", "cpu")
+    assert missing.returncode == 2 and "nothing.jpg: no such file" in missing.stderr
