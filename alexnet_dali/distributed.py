@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -72,8 +73,26 @@ def setup(preference: str = "auto") -> DistInfo:
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if kind == "gpu" else "gloo", device_id=device if kind == "gpu" else None)
+        backend = "nccl" if kind == "gpu" else "gloo"
+        dist.init_process_group(backend, store=attempt_store(world_size), rank=rank, world_size=world_size,
+                                device_id=device if kind == "gpu" else None)
     return DistInfo(rank, local_rank, world_size, local_world_size, device)
+
+
+def attempt_store(world_size: int):
+    """The rendezvous store for this attempt, or None for init_process_group's default (env://).
+
+    torchrun's agent hosts one TCPStore that outlives a worker restart, and torch (2.13) gives the
+    restarted workers no fresh key prefix: they read the dead workers' addresses and fail to
+    connect ("connectFullMesh failed ... Connection refused", pytorch/pytorch#167288). A prefix
+    per restart keeps each attempt's keys apart, so `--max-restarts` works.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
+                          timeout=timedelta(minutes=30))
+    return dist.PrefixStore(f"alexnet-dali/attempt_{attempt}", store)
 
 
 def cleanup() -> None:

@@ -1,0 +1,188 @@
+"""DistributedDataParallel under real `torchrun --standalone --nproc_per_node=2` on the CPU (gloo)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet_dali.config import ConfigError, TrainConfig
+from alexnet_dali.distributed import DistInfo
+from alexnet_dali.loader import LoaderSettings, dali_threads, training_loader
+from alexnet_dali.model import AlexNetModule
+from alexnet_dali.predict import evaluate_split
+from alexnet_dali.prepare import prepare_data
+from alexnet_dali.train import batch_plan
+from conftest import make_original_layout
+
+HERE = Path(__file__).resolve().parent
+
+
+def torchrun(*args, nproc=2, env=None, max_restarts=0, timeout=300, popen=False):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               f"--max-restarts={max_restarts}", *map(str, args)]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE), **(env or {})}
+    if popen:
+        return subprocess.Popen(command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def cpu_rank(rank: int, world: int) -> DistInfo:
+    return DistInfo(rank, rank, world, world, torch.device("cpu"))
+
+
+def config_for(layout, out, **changes) -> TrainConfig:
+    values = dict(data=str(layout["data"]), labels=str(layout["labels"]), label_encoding=str(layout["label_encoding"]),
+                  out=str(out), epochs=1, batch_size=4, lr=3e-4, device="cpu", dali_threads=1)
+    return TrainConfig(**{**values, **changes})
+
+
+@pytest.fixture(scope="module")
+def uneven(tmp_path_factory):
+    """11 training and 5 validation images: neither splits evenly over 2 processes."""
+    return make_original_layout(tmp_path_factory.mktemp("ddp") / "data", per_split={"train": 11, "val": 5})
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, uneven):
+    root = tmp_path_factory.mktemp("ddp-run")
+    # no dropout, so one process can reproduce the gradients exactly from the same global batches
+    config = config_for(uneven, root / "run", epochs=2, dropout=0.0)
+    (root / "config.json").write_text(json.dumps(config.to_dict()))
+    result = torchrun(HERE / "ddp_driver.py", root / "config.json", root)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return config, root, result
+
+
+def global_batches(config: TrainConfig, world: int, epochs: int):
+    """The batches each rank's real DALI loader yields, joined rank by rank into global batches."""
+    data = prepare_data(config, cpu_rank(0, 1), log=lambda *a: None)
+    per_process, _, _ = batch_plan(config, world)
+    settings = LoaderSettings(per_process, 1, config.prefetch, config.seed, config.lighting)
+    loaders = [training_loader(data.train, data.pca, settings, cpu_rank(r, world)) for r in range(world)]
+    steps = []
+    for _ in range(epochs):
+        per_rank = [[(x.clone(), y.clone()) for x, y in loader] for loader in loaders]
+        assert len({len(batches) for batches in per_rank}) == 1  # every rank takes the same number of steps
+        for parts in zip(*per_rank):
+            steps.append((torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])))
+    return steps
+
+
+def test_ranks_hold_identical_weights_equal_to_one_process_on_the_same_global_batches(ddp_run):
+    config, root, _ = ddp_run
+    rank0 = torch.load(root / "weights-rank0.pt", weights_only=True)
+    rank1 = torch.load(root / "weights-rank1.pt", weights_only=True)
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # bit-identical across ranks
+    torch.manual_seed(config.seed)  # train() builds its network right after this seed
+    net = AlexNetModule(2, dropout=0.0)
+    optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    steps = global_batches(config, world=2, epochs=2)
+    assert len(steps) == 6  # 11 images -> shards of 6 (padded) -> 3 steps of 2 per rank, twice
+    initial = {k: v.clone() for k, v in net.state_dict().items()}
+    for images, labels in steps:
+        loss = torch.nn.functional.cross_entropy(net(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for key, value in net.state_dict().items():
+        moved = (rank0[key] - initial[key]).abs().max().item()
+        assert moved > 0, key
+        # within 1% of how far training moved the weights, or a few float32 ulps of the value (the
+        # biases start at 1.0): the rest is float summation order
+        ulps = 4 * torch.finfo(torch.float32).eps * value.abs()
+        assert torch.all((rank0[key] - value).abs() <= 0.01 * moved + ulps), key
+
+
+def test_each_epoch_covers_every_image_across_ranks(uneven, tmp_path):
+    config = config_for(uneven, tmp_path / "run")
+    data = prepare_data(config, cpu_rank(0, 1), log=lambda *a: None)
+    path_of = dict(enumerate(data.train.files))
+    # label each image by its index so the batches tell which images they hold
+    from alexnet_dali.data import Split
+
+    indexed = Split("train", data.train.files, tuple(range(len(data.train.files))), data.train.classes)
+    settings = LoaderSettings(2, 1, 2, config.seed, 0.1)
+    loaders = [training_loader(indexed, data.pca, settings, cpu_rank(r, 2)) for r in range(2)]
+    for epoch in range(3):
+        seen = [[int(i) for _, y in loader for i in y] for loader in loaders]
+        assert len(seen[0]) == len(seen[1]) == 6  # same steps per rank: 3 × 2
+        assert set(seen[0]) | set(seen[1]) == set(path_of)  # all 11 images, every epoch
+        assert len(set(seen[0]) & set(seen[1])) == 0  # disjoint shards; the one repeat fills a batch
+
+
+def test_validation_under_two_processes_equals_one_process(ddp_run, uneven):
+    config, root, _ = ddp_run
+    history = json.loads((Path(config.out) / "history.json").read_text())
+    state = torch.load(Path(config.out) / "last.pt", weights_only=True)
+    net = AlexNetModule(2, dropout=0.0)
+    net.load_state_dict(state["model"])
+    from alexnet_dali.data import index_dataset
+    from alexnet_dali.pca import PCA
+
+    val = index_dataset(uneven["data"], uneven["labels"], uneven["label_encoding"], splits=("val",))["val"]
+    single = evaluate_split(net, PCA.from_dict(state["pca"]), val, device="cpu", batch_size=2)
+    assert single["images"] == 5
+    assert history["val_accuracy"][-1] == pytest.approx(single["top1"])
+    assert history["val_top5"][-1] == pytest.approx(single["top5"])
+    assert history["val_loss"][-1] == pytest.approx(single["loss"], rel=1e-4)
+
+
+def test_only_rank_zero_writes_and_logs(ddp_run):
+    config, root, result = ddp_run
+    out = Path(config.out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["best.pt", "config.json", "history.json", "last.pt", "previous.pt", "tensorboard", "cache"]
+        if (out / "cache").exists() else ["best.pt", "config.json", "history.json", "last.pt", "previous.pt",
+                                          "tensorboard"])
+    assert len(list((out / "tensorboard").iterdir())) == 1  # one SummaryWriter: rank 0's
+    assert result.stdout.count("epoch 1/2:") == 1 and result.stdout.count("training on 11 images") == 1
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["world_size"], saved["global_batch"], saved["batch_per_process"]) == (2, 4, 2)
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert len(state["ranks"]) == 2 and state["world_size"] == 2
+
+
+def test_batch_size_is_global_unless_per_gpu():
+    config = TrainConfig(batch_size=128, lr=0.01)
+    assert batch_plan(config, 1) == (128, 128, 0.01)
+    assert batch_plan(config, 4) == (32, 128, 0.01)
+    per_gpu = config.replace(per_gpu_batch=True)
+    assert batch_plan(per_gpu, 4) == (128, 512, pytest.approx(0.04))  # linear lr scaling
+    with pytest.raises(ConfigError, match="does not split evenly over 3"):
+        batch_plan(config.replace(batch_size=100), 3)
+
+
+def worker_pids(agent_pid: int) -> list[int]:
+    children = Path(f"/proc/{agent_pid}/task/{agent_pid}/children")
+    return [int(p) for p in children.read_text().split()] if children.exists() else []
+
+
+def test_torchrun_restart_resumes_from_the_last_checkpoint(tmp_path, uneven):
+    """Kill a worker (SIGKILL) right after the first checkpoint; torchrun --max-restarts 1 starts
+    both again with the same command line and they resume by themselves."""
+    out = tmp_path / "run"
+    args = ["-m", "alexnet_dali", "train", uneven["data"], "--labels", uneven["labels"], "--label-encoding",
+            uneven["label_encoding"], "--epochs", "4", "--batch-size", "4", "--lr", "3e-5", "--out", out,
+            "--device", "cpu", "--dali-threads", "1"]
+    agent = torchrun(*args, max_restarts=1, popen=True)
+    deadline = time.monotonic() + 240
+    while not (out / "last.pt").exists():
+        assert agent.poll() is None and time.monotonic() < deadline, "training ended before its first checkpoint"
+        time.sleep(0.05)
+    victims = worker_pids(agent.pid)
+    assert len(victims) == 2
+    os.kill(victims[1], signal.SIGKILL)
+    stdout, stderr = agent.communicate(timeout=240)
+    assert agent.returncode == 0, stderr[-3000:]
+    assert "resuming" in stdout
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["loss"]) == 4  # every epoch exactly once
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 4
