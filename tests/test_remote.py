@@ -303,3 +303,22 @@ def test_cli_trains_from_a_url(tree, tmp_path):
     assert f"tensorboard --logdir {tmp_path / 'run' / 'tensorboard'}" in result.stdout
     assert (tmp_path / "run" / "last.pt").is_file()
     assert len(list((tmp_path / "cache").glob("*/train/*.jpg"))) == 8
+
+
+def test_the_default_cache_is_under_the_user_cache_directory(tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    with serve(tree["data"]) as (url, _):
+        root, _, _ = fetch_dataset(url, url + "labels.json", None, log=QUIET, policy=FAST)
+    assert Path(root) == tmp_path / "xdg" / "alexnet-dali" / cache_folder_name(url)
+    assert len(list(Path(root).glob("*/*.jpg"))) == 12
+
+
+def test_the_api_takes_a_url(tree, tmp_path):
+    from alexnet_dali import AlexNet
+
+    with serve(tree["data"]) as (url, _):
+        model = AlexNet(url, url + "labels.json", url + "label_encoding.json", cache_dir=str(tmp_path / "cache"),
+                        batch_size=4, device="cpu", out_dir=tmp_path / "run", verbose=False)
+    assert model.classes == ("cat", "dog")
+    assert names_and_labels({"train": model.data.train, "val": model.data.val}) == local_index(tree)
+    assert all(Path(f).is_relative_to(tmp_path / "cache") for f in model.data.train.files)
