@@ -199,6 +199,9 @@ def run_check(args) -> int:
     else:
         for problem in report["problems"]:
             print(f"{problem['path']}: {problem['reason']}")
+        classes = report["classes"]
+        if classes:
+            print(f"{len(classes)} classes: {'; '.join(classes[:5])}{'; ...' if len(classes) > 5 else ''}")
         counts = ", ".join(f"{name} {n}" for name, n in report["images"].items())
         verdict = "all images decode and are labelled" if report["ok"] else f"{len(report['problems'])} problem(s)"
         print(f"checked {sum(report['images'].values())} images ({counts}): {verdict}")

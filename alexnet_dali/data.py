@@ -11,6 +11,10 @@ Layouts (see README):
    the file name with or without its extension.
 2. class folders: DATA/<split>/<class>/<image>; classes sorted by name unless an encoding JSON
    maps folder name -> index.
+   ImageNet (ILSVRC-2012) as distributed is this layout but for its validation split: one flat
+   folder whose ground truth is LOC_val_solution.csv (in DATA or in the folder). The download's
+   own tree, DATA/ILSVRC/Data/CLS-LOC/{train,val}, is read where it lies, and LOC_synset_mapping.txt
+   (in DATA) gives the classes human-readable names.
 
 Every problem found is collected and reported together in one DataError, each line naming the
 file or label and what is wrong.
@@ -18,15 +22,21 @@ file or label and what is wrong.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
-from dataclasses import dataclass
+import re
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pnm", ".ppm", ".pgm"}
 )
 MAX_LISTED = 20  # problems listed in an error message before "... and N more"
+MANIFEST = "files.txt"  # names a split's files where a web server gives no listing (see remote.py)
+IMAGENET_TREE = ("ILSVRC", "Data", "CLS-LOC")  # where the ILSVRC-2012 download keeps train/ and val/
+SYNSET_MAPPING = "LOC_synset_mapping.txt"  # ImageNet: "n01440764 tench, Tinca tinca" per line
 
 
 @dataclass(frozen=True)
@@ -62,7 +72,8 @@ class Split:
     name: str
     files: tuple[str, ...]  # absolute paths, sorted
     labels: tuple[int, ...]  # class index of each file
-    classes: tuple[str, ...]  # class index -> class name
+    classes: tuple[str, ...]  # class index -> class name (the folder name, the label, the synset id)
+    class_names: tuple[str, ...] = ()  # class index -> human-readable name where the data gives one, else ""
 
     def __len__(self) -> int:
         return len(self.files)
@@ -70,11 +81,21 @@ class Split:
     def without(self, excluded: set[str]) -> Split:
         """This split minus the given files (used by --skip-bad)."""
         kept = [(f, y) for f, y in zip(self.files, self.labels) if f not in excluded]
-        return Split(self.name, tuple(f for f, _ in kept), tuple(y for _, y in kept), self.classes)
+        return Split(self.name, tuple(f for f, _ in kept), tuple(y for _, y in kept), self.classes, self.class_names)
+
+    def class_label(self, index: int) -> str:
+        """What to show a person: "n01440764 tench, Tinca tinca" where a name is known, else the class."""
+        name = self.class_names[index] if self.class_names else ""
+        return f"{self.classes[index]} {name}" if name else self.classes[index]
 
 
 def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_metadata_name(name: str) -> bool:
+    """Files a layout keeps beside its images: a files.txt manifest, ImageNet's LOC_* files."""
+    return name == MANIFEST or re.fullmatch(r"LOC_\w+\.(csv|txt)", name) is not None
 
 
 def load_json(path: str | os.PathLike, what: str) -> dict:
@@ -137,10 +158,10 @@ def _label_sort_key(label: str):
 
 def list_dir(folder: Path) -> tuple[list[Path], list[Path], list[Problem]]:
     """Image files and sub-folders of one folder; anything else is a problem. Hidden entries
-    (.DS_Store, ._foo) are ignored."""
+    (.DS_Store, ._foo) and the layouts' metadata files are ignored."""
     images, folders, problems = [], [], []
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
-        if entry.name.startswith("."):
+        if entry.name.startswith(".") or (is_metadata_name(entry.name) and entry.is_file()):
             continue
         if entry.is_dir():
             folders.append(entry)
@@ -206,7 +227,8 @@ def index_class_folders(data, split: str, encoding: dict[str, int], origin: str 
     if loose and not class_dirs:
         raise DataError(
             f"{folder} holds image files but no class folders and no label JSON was given: pass --labels "
-            "(and --label-encoding) for the original layout, or sort the images into DATA/<split>/<class>/"
+            "(and --label-encoding) for the original layout, sort the images into DATA/<split>/<class>/, "
+            f"or (ImageNet) put its LOC_{split}_solution.csv in {folder.parent}"
         )
     problems += [Problem(str(f), "image file beside the class folders (it has no class)") for f in loose]
     files, targets = [], []
@@ -247,11 +269,17 @@ def index_dataset(
             encoding = {name: i for i, name in enumerate(names)}
         result = {s: index_labelled_split(data, s, labels, encoding, str(labels_path)) for s in splits}
     else:
+        root = images_root(data)
         origin = "the label encoding"
         if encoding is None:  # every split uses the training split's folders, so indices agree
-            encoding, origin = folder_encoding(data, splits[0]), f"the class folders of split {splits[0]!r}"
-        result = {s: index_class_folders(data, s, encoding, origin) for s in splits}
+            source = encoding_split(root, splits)
+            encoding, origin = folder_encoding(root, source), f"the class folders of split {source!r}"
+        result = {s: index_folder_split(data, root, s, encoding, origin) for s in splits}
         check_same_classes(result)
+        names = read_synset_mapping(data, root)
+        if names:
+            class_names = tuple(names.get(c, "") for c in classes_from_encoding(encoding))
+            result = {s: replace(split, class_names=class_names) for s, split in result.items()}
     return result
 
 
@@ -269,3 +297,130 @@ def check_same_classes(splits: dict[str, Split]) -> None:
                 f"splits {reference.name!r} and {name!r} have different classes: only in {reference.name}: "
                 f"{only_ref or 'none'}; only in {name}: {only_other or 'none'}"
             )
+
+
+# -- ImageNet as distributed ------------------------------------------------------------------
+
+def images_root(data) -> Path:
+    """DATA, or DATA/ILSVRC/Data/CLS-LOC where the ILSVRC-2012 download was unpacked as it is."""
+    root = Path(data)
+    tree = root.joinpath(*IMAGENET_TREE)
+    return tree if not (root / "train").is_dir() and tree.is_dir() else root
+
+
+def has_class_folders(folder: Path) -> bool:
+    return folder.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
+
+
+def encoding_split(root: Path, splits: tuple[str, ...]) -> str:
+    """The split whose class folders define the classes: the first asked for, unless it is a flat
+    folder (ImageNet's val) and the training split has class folders."""
+    if not has_class_folders(root / splits[0]) and has_class_folders(root / "train"):
+        return "train"
+    return splits[0]
+
+
+def solution_csv(data, root: Path, split: str) -> Path | None:
+    """ImageNet's LOC_<split>_solution.csv, in DATA, the images' root or the split folder."""
+    name = f"LOC_{split}_solution.csv"
+    for candidate in dict.fromkeys([Path(data) / name, root / name, root / split / name]):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def index_folder_split(data, root: Path, split: str, encoding: dict[str, int], origin: str) -> Split:
+    """A split of layout 2, or a flat folder with ImageNet's solution CSV."""
+    folder = split_folder(root, split)
+    csv_path = solution_csv(data, root, split)
+    if csv_path is not None and not has_class_folders(folder):
+        return index_solution_split(folder, split, csv_path, encoding, origin)
+    return index_class_folders(root, split, encoding, origin)
+
+
+def read_solution_csv(path: Path) -> dict[str, tuple[str, int]]:
+    """image id -> (synset, line number) from ImageNet's LOC_<split>_solution.csv, whose rows are
+    `ImageId,PredictionString` and whose PredictionString starts with the synset."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"ImageNet solution file {path} cannot be read: {e}") from None
+    header = [cell.strip() for cell in rows[0][:2]] if rows else []
+    if header != ["ImageId", "PredictionString"]:
+        raise DataError(f"{path} is not an ImageNet solution file: its first line must be "
+                        f"'ImageId,PredictionString', not {','.join(rows[0]) if rows else 'empty'!r}")
+    solution: dict[str, tuple[str, int]] = {}
+    problems = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        image_id = row[0].strip()
+        words = row[1].split() if len(row) > 1 else []
+        if not image_id or not words:
+            problems.append(Problem(f"{path}:{line}", "expected an image id and a PredictionString that starts with a synset"))
+            continue
+        earlier = solution.get(image_id)
+        if earlier is not None and earlier[0] != words[0]:
+            problems.append(Problem(f"{path}:{line}", f"image {image_id!r} has synset {words[0]!r} here and "
+                                                      f"{earlier[0]!r} on line {earlier[1]}"))
+            continue
+        solution.setdefault(image_id, (words[0], line))
+    if problems:
+        raise DataError(problems, f"problems in {path}")
+    return solution
+
+
+def index_solution_split(folder: Path, split: str, csv_path: Path, encoding: dict[str, int], origin: str) -> Split:
+    """ImageNet's val: a flat folder of images, each labelled by its row in the solution CSV."""
+    if not encoding:
+        raise DataError(f"{folder} is labelled by {csv_path}, but no class folders define the classes: "
+                        "put the training split's class folders beside it or pass --label-encoding")
+    solution = read_solution_csv(csv_path)
+    images, _, problems = list_dir(folder)
+    files, targets, used = [], [], set()
+    for image in images:
+        key = image.stem if image.stem in solution else image.name if image.name in solution else None
+        if key is None:
+            problems.append(Problem(str(image), f"not in {csv_path}: the image has no ground truth"))
+            continue
+        synset, line = solution[key]
+        if synset not in encoding:
+            problems.append(Problem(str(image), f"its synset {synset!r} ({csv_path.name} line {line}) is not in {origin}"))
+            continue
+        used.add(key)
+        files.append(str(image.resolve()))
+        targets.append(encoding[synset])
+    if problems:
+        raise DataError(problems, f"problems in split {split!r}")
+    if not files:
+        raise DataError(f"split {split!r} is empty: no image files in {folder}")
+    absent = sorted(set(solution) - used)
+    if absent:  # a subset of val is legitimate, but say so: it changes the accuracy one reports
+        warnings.warn(f"{csv_path} lists {len(absent)} image(s) that are not in {folder} "
+                      f"(first: {', '.join(absent[:3])})", stacklevel=2)
+    return Split(split, tuple(files), tuple(targets), classes_from_encoding(encoding))
+
+
+def read_synset_mapping(data, root: Path) -> dict[str, str]:
+    """synset -> human-readable name from LOC_synset_mapping.txt (in DATA or the images' root), or {}."""
+    path = next((p for p in (Path(data) / SYNSET_MAPPING, root / SYNSET_MAPPING) if p.is_file()), None)
+    if path is None:
+        return {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"synset mapping {path} cannot be read: {e}") from None
+    names, problems = {}, []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        synset, _, name = line.strip().partition(" ")
+        if not name.strip():
+            problems.append(Problem(f"{path}:{number}", f"expected 'SYNSET NAME', e.g. 'n01440764 tench, Tinca tinca', "
+                                                        f"not {line.strip()!r}"))
+            continue
+        names[synset] = name.strip()
+    if problems:
+        raise DataError(problems, f"problems in {path}")
+    return names

@@ -31,6 +31,7 @@ from .loader import LoaderSettings, dali_threads, evaluation_loader, training_lo
 from .model import AlexNetModule
 from .pca import PCA
 from .prepare import PreparedData, prepare_data
+from .visualize import log_sample_grid
 
 HISTORY_KEYS = ("loss", "accuracy", "top5", "val_loss", "val_accuracy", "val_top5", "lr", "images_per_sec")
 
@@ -124,11 +125,14 @@ class EpochProgress:
 
 
 def train_one_epoch(model, criterion, optimizer, loader, progress: EpochProgress, *, control: StepControl,
-                    on_checkpoint, bar) -> int:
+                    on_checkpoint, bar, on_first_batch=None) -> int:
     """Train over the rest of one epoch. Returns 0, or the signal that stopped it early."""
     model.train()
     start = time.perf_counter()
     for images, labels in loader:
+        if on_first_batch is not None:  # the TensorBoard sample grid: the inputs as the network sees them
+            on_first_batch(images)
+            on_first_batch = None
         logits = model(images)
         loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
@@ -330,6 +334,8 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
                        desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", dynamic_ncols=True)
             signum = train_one_epoch(model, criterion, optimizer, train_loader, progress,
                                      control=control, bar=bar,
+                                     on_first_batch=(lambda images: log_sample_grid(writer, images, pca.mean, epoch))
+                                     if writer is not None and epoch == 0 else None,
                                      on_checkpoint=lambda p, s: checkpoint(epoch, p, s))
             bar.close()
             if signum:

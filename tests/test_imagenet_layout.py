@@ -1,0 +1,153 @@
+"""ImageNet (ILSVRC-2012) as distributed, recognised without moving a file: train as synset
+folders, val as one flat folder labelled by LOC_val_solution.csv, names from
+LOC_synset_mapping.txt. Small look-alike trees."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from alexnet_dali.data import DataError, index_dataset
+from conftest import run_cli, write_image
+
+SYNSET_NAMES = {
+    "n01440764": "tench, Tinca tinca",
+    "n01443537": "goldfish, Carassius auratus",
+    "n01484850": "great white shark, white shark, man-eater, man-eating shark, Carcharodon carcharias",
+}
+UNUSED_SYNSET = ("n01491361", "tiger shark, Galeocerdo cuvieri")  # in the mapping, not in this train set
+
+
+def make_imagenet(root: Path, *, tree: tuple[str, ...] = (), csv_in_val: bool = False, mapping: bool = True,
+                  train_per_class: int = 2, val_images: int = 7) -> dict:
+    """A look-alike of the ILSVRC-2012 download: IMAGES/train/<synset>/<synset>_<n>.JPEG,
+    IMAGES/val/ILSVRC2012_val_<n>.JPEG, LOC_val_solution.csv (rows in no order, several boxes per
+    row) and LOC_synset_mapping.txt. IMAGES is root/<tree>. Returns the ground truth it wrote."""
+    images = root.joinpath(*tree)
+    synsets = sorted(SYNSET_NAMES)
+    for c, synset in enumerate(synsets):
+        for i in range(train_per_class):
+            write_image(images / "train" / synset / f"{synset}_{i + 1}.JPEG", 40, 32, seed=10 * c + i)
+    rng = random.Random(0)
+    truth = {}
+    for n in range(1, val_images + 1):
+        image_id = f"ILSVRC2012_val_{n:08d}"
+        truth[image_id] = rng.choice(synsets)
+        write_image(images / "val" / f"{image_id}.JPEG", 40, 32, seed=100 + n)
+    rows = [f"{image_id},{synset} 10 12 30 28 {synset} 1 2 20 22 " for image_id, synset in truth.items()]
+    rng.shuffle(rows)
+    csv_path = (images / "val" if csv_in_val else root) / "LOC_val_solution.csv"
+    csv_path.write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
+    if mapping:
+        lines = [f"{s} {name}" for s, name in sorted({**SYNSET_NAMES, UNUSED_SYNSET[0]: UNUSED_SYNSET[1]}.items())]
+        (root / "LOC_synset_mapping.txt").write_text("\n".join(lines) + "\n")
+    return {"root": root, "images": images, "csv": csv_path, "truth": truth}
+
+
+def check_against_truth(splits: dict, imagenet: dict) -> None:
+    train, val = splits["train"], splits["val"]
+    assert train.classes == tuple(sorted(SYNSET_NAMES))  # the synset ids, sorted, as the folders give them
+    assert val.classes == train.classes
+    assert [Path(p).parent.name for p in train.files] == [train.classes[y] for y in train.labels]
+    assert sorted(Path(p).stem for p in val.files) == sorted(imagenet["truth"])
+    assert [val.classes[y] for y in val.labels] == [imagenet["truth"][Path(p).stem] for p in val.files]
+    assert all(Path(p).is_file() and Path(p).is_relative_to(imagenet["images"].resolve()) for p in val.files)
+
+
+def test_val_is_labelled_by_its_solution_csv(tmp_path):
+    imagenet = make_imagenet(tmp_path / "imagenet")
+    splits = index_dataset(imagenet["root"])
+    check_against_truth(splits, imagenet)
+    assert list(splits["val"].files) == sorted(splits["val"].files)
+
+
+def test_the_solution_csv_may_lie_in_the_val_folder(tmp_path):
+    imagenet = make_imagenet(tmp_path / "imagenet", csv_in_val=True)
+    check_against_truth(index_dataset(imagenet["root"]), imagenet)
+
+
+def test_the_download_tree_is_read_where_it_lies(tmp_path):
+    imagenet = make_imagenet(tmp_path / "imagenet-object-localization-challenge", tree=("ILSVRC", "Data", "CLS-LOC"))
+    splits = index_dataset(imagenet["root"])
+    check_against_truth(splits, imagenet)
+    assert splits["train"].class_names == tuple(SYNSET_NAMES[s] for s in sorted(SYNSET_NAMES))
+
+
+def test_evaluating_val_alone_takes_the_classes_from_train(tmp_path):
+    imagenet = make_imagenet(tmp_path / "imagenet")
+    alone = index_dataset(imagenet["root"], splits=("val",))["val"]
+    assert alone == index_dataset(imagenet["root"])["val"]
+
+
+def test_human_readable_names_from_the_synset_mapping(tmp_path):
+    named = index_dataset(make_imagenet(tmp_path / "named")["root"])["val"]
+    assert named.class_names == tuple(SYNSET_NAMES[s] for s in named.classes)
+    assert named.class_label(0) == "n01440764 tench, Tinca tinca"
+    unnamed = index_dataset(make_imagenet(tmp_path / "unnamed", mapping=False)["root"])["val"]
+    assert unnamed.class_names == ()
+    assert unnamed.class_label(0) == "n01440764"
+
+
+def test_class_folders_with_a_synset_mapping_get_names_too(tmp_path):
+    imagenet = make_imagenet(tmp_path / "imagenet")
+    (imagenet["root"] / "LOC_val_solution.csv").unlink()
+    for image in (imagenet["root"] / "val").iterdir():  # val sorted into synset folders (the "moved" layout)
+        target = imagenet["root"] / "val" / imagenet["truth"][image.stem] / image.name
+        target.parent.mkdir(exist_ok=True)
+        image.rename(target)
+    splits = index_dataset(imagenet["root"])
+    check_against_truth(splits, imagenet)
+    assert splits["val"].class_label(2).startswith("n01484850 great white shark")
+
+
+def test_every_val_problem_is_named_with_its_file(tmp_path):
+    imagenet = make_imagenet(tmp_path / "imagenet")
+    stray = write_image(imagenet["root"] / "val" / "ILSVRC2012_val_00099999.JPEG", 40, 32)
+    rows = imagenet["csv"].read_text().splitlines()
+    wrong_id = sorted(imagenet["truth"])[0]
+    rows = [f"{wrong_id},n09999999 1 2 3 4" if row.startswith(wrong_id + ",") else row for row in rows]
+    imagenet["csv"].write_text("\n".join(rows) + "\n")
+    line = next(n for n, row in enumerate(rows, start=1) if row.startswith(wrong_id + ","))
+    with pytest.raises(DataError) as info:
+        index_dataset(imagenet["root"])
+    message = str(info.value)
+    assert f"{stray}: not in {imagenet['csv']}: the image has no ground truth" in message
+    assert f"{wrong_id}.JPEG: its synset 'n09999999' (LOC_val_solution.csv line {line}) is not in the class " \
+           "folders of split 'train'" in message
+
+
+def test_a_malformed_solution_csv_is_named(tmp_path):
+    imagenet = make_imagenet(tmp_path / "imagenet")
+    imagenet["csv"].write_text("id,label\nILSVRC2012_val_00000001,n01440764\n")
+    with pytest.raises(DataError, match=f"{imagenet['csv']} is not an ImageNet solution file"):
+        index_dataset(imagenet["root"])
+    imagenet["csv"].write_text("ImageId,PredictionString\nILSVRC2012_val_00000001,\n")
+    with pytest.raises(DataError, match=f"{imagenet['csv']}:2: expected an image id and a PredictionString"):
+        index_dataset(imagenet["root"])
+
+
+def test_a_malformed_synset_mapping_is_named(tmp_path):
+    imagenet = make_imagenet(tmp_path / "imagenet")
+    mapping = imagenet["root"] / "LOC_synset_mapping.txt"
+    mapping.write_text(mapping.read_text() + "n02000000\n")
+    with pytest.raises(DataError, match=f"{mapping}:5: expected 'SYNSET NAME'"):
+        index_dataset(imagenet["root"])
+
+
+def test_a_val_subset_is_indexed_with_a_warning(tmp_path):
+    imagenet = make_imagenet(tmp_path / "imagenet")
+    removed = sorted(imagenet["truth"])[-1]
+    (imagenet["root"] / "val" / f"{removed}.JPEG").unlink()
+    with pytest.warns(UserWarning, match=f"lists 1 image\\(s\\) that are not in .*{removed}"):
+        val = index_dataset(imagenet["root"])["val"]
+    assert len(val) == len(imagenet["truth"]) - 1
+
+
+def test_cli_check_reads_the_download_tree_and_shows_class_names(tmp_path):
+    imagenet = make_imagenet(tmp_path / "imagenet", tree=("ILSVRC", "Data", "CLS-LOC"))
+    result = run_cli("check", imagenet["root"], "--split", "train", "--split", "val", "--threads", "1", check=True)
+    assert "3 classes: n01440764 tench, Tinca tinca; n01443537 goldfish, Carassius auratus; n01484850 great" \
+           in result.stdout
+    assert "checked 13 images (train 6, val 7): all images decode and are labelled" in result.stdout

@@ -1,0 +1,324 @@
+"""Data from a URL: a real http.server on 127.0.0.1 serves a tree in the original layout; the
+fetched copy indexes exactly like the local tree, is downloaded once, survives a flaky server and
+names what it could not get."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from alexnet_dali.data import DataError, index_dataset
+from alexnet_dali.remote import FetchPolicy, cache_folder_name, fetch_dataset, parse_index_page
+from conftest import make_original_layout, run_cli, write_image
+
+FAST = FetchPolicy(workers=4, attempts=3, timeout_s=5.0, first_wait_s=0.05)
+QUIET = lambda *a, **k: None  # noqa: E731
+
+
+@pytest.fixture(autouse=True)
+def no_proxy(monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")  # a proxy from the environment never sees these
+
+
+class Handler(SimpleHTTPRequestHandler):
+    """http.server's own handler, quiet, recording every GET path in `requests`."""
+
+    def __init__(self, *args, requests: list, **kwargs):
+        self.requests = requests
+        super().__init__(*args, **kwargs)
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.requests.append(self.path)
+        if not self.misbehave():
+            super().do_GET()
+
+    def misbehave(self) -> bool:
+        """Answer the request some other way and return True (subclasses)."""
+        return False
+
+
+class FlakyHandler(Handler):
+    """503 on the first GET of the paths in `fail_once`; 503 always for `fail_always`."""
+
+    fail_once: set = set()
+    fail_always: set = set()
+
+    def misbehave(self) -> bool:
+        if self.path in self.fail_always or (self.path in self.fail_once and self.requests.count(self.path) == 1):
+            self.send_error(503, "Service Unavailable")
+            return True
+        return False
+
+
+class TruncatingHandler(Handler):
+    """Promises the whole file (Content-Length) but sends half of it, then hangs up: on the first
+    GET of `truncate_once`, on every GET of `truncate_always`."""
+
+    truncate_once: set = set()
+    truncate_always: set = set()
+
+    def misbehave(self) -> bool:
+        if self.path in self.truncate_always or (self.path in self.truncate_once and self.requests.count(self.path) == 1):
+            body = Path(self.translate_path(self.path)).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+            return True
+        return False
+
+
+class StallingHandler(Handler):
+    """Says nothing for `stall_s` seconds on the first GET of the paths in `stall_once`."""
+
+    stall_once: set = set()
+    stall_s = 3.0
+
+    def misbehave(self) -> bool:
+        if self.path in self.stall_once and self.requests.count(self.path) == 1:
+            time.sleep(self.stall_s)
+            self.close_connection = True
+            return True
+        return False
+
+
+class NoListingHandler(Handler):
+    """Directory listings disabled, as on many servers: 403 for every folder."""
+
+    def misbehave(self) -> bool:
+        if self.path.endswith("/"):
+            self.send_error(403, "Forbidden")
+            return True
+        return False
+
+
+@contextlib.contextmanager
+def serve(root: Path, handler=Handler, **attributes):
+    """A real HTTP server on 127.0.0.1 (a free port) serving `root`; yields (base URL, requests)."""
+    requests: list[str] = []
+    handler_class = type("TestHandler", (handler,), attributes)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler_class, directory=str(root),
+                                                                     requests=requests))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def tree(tmp_path) -> dict:
+    return make_original_layout(tmp_path / "served")
+
+
+def image_paths(tree: dict) -> list[str]:
+    """URL paths of the images of train and val, as the server sees them."""
+    return sorted(f"/{p.parent.name}/{p.name}" for split in ("train", "val") for p in (tree["data"] / split).iterdir())
+
+
+def names_and_labels(splits: dict) -> dict:
+    return {name: ([Path(f).name for f in s.files], list(s.labels), s.classes) for name, s in splits.items()}
+
+
+def local_index(tree: dict) -> dict:
+    return names_and_labels(index_dataset(tree["data"], tree["labels"], tree["label_encoding"]))
+
+
+def fetch(url: str, cache: Path, labels="labels.json", encoding="label_encoding.json", **options):
+    return fetch_dataset(url, url + labels if labels else None, url + encoding if encoding else None,
+                         cache_dir=cache, log=QUIET, policy=options.pop("policy", FAST), **options)
+
+
+@pytest.mark.parametrize("labels_as", ["url", "local path"])
+def test_url_and_local_runs_give_the_same_files_and_labels(tree, tmp_path, labels_as):
+    with serve(tree["data"]) as (url, _):
+        if labels_as == "url":
+            root, labels, encoding = fetch(url, tmp_path / "cache")
+        else:
+            root, labels, encoding = fetch_dataset(url, str(tree["labels"]), str(tree["label_encoding"]),
+                                                   cache_dir=tmp_path / "cache", log=QUIET, policy=FAST)
+    assert Path(root) == tmp_path / "cache" / cache_folder_name(url)
+    fetched = index_dataset(root, labels, encoding)
+    assert names_and_labels(fetched) == local_index(tree)
+    assert names_and_labels(fetched)["train"][0]  # not vacuous: the split has files
+    for split in fetched.values():
+        for path in split.files:
+            assert Path(path).read_bytes() == (tree["data"] / split.name / Path(path).name).read_bytes()
+
+
+def test_a_second_run_downloads_nothing(tree, tmp_path):
+    with serve(tree["data"]) as (url, requests):
+        first = fetch(url, tmp_path / "cache")
+        assert sorted(p for p in requests if p.endswith(".jpg")) == image_paths(tree)
+        requests.clear()
+        second = fetch(url, tmp_path / "cache")
+        assert second == first
+        assert [p for p in requests if not p.endswith("/")] == []  # only the two listings were read
+        (Path(first[0]) / "val" / "val_001.jpg").unlink()
+        requests.clear()
+        fetch(url, tmp_path / "cache")
+        assert [p for p in requests if not p.endswith("/")] == ["/val/val_001.jpg"]
+
+
+def test_a_flaky_server_is_survived(tree, tmp_path):
+    every_other = set(image_paths(tree)[::2]) | {"/labels.json", "/train/"}
+    with serve(tree["data"], FlakyHandler, fail_once=every_other) as (url, requests):
+        root, labels, encoding = fetch(url, tmp_path / "cache")
+    assert all(requests.count(path) == 2 for path in every_other)  # each failed once, then came through
+    assert names_and_labels(index_dataset(root, labels, encoding)) == local_index(tree)
+
+
+def test_files_that_always_fail_are_named_and_never_half_cached(tree, tmp_path):
+    broken = ["/train/train_003.jpg", "/val/val_000.jpg"]
+    failing = set(broken)
+    with serve(tree["data"], FlakyHandler, fail_always=failing) as (url, requests):
+        with pytest.raises(DataError) as info:
+            fetch(url, tmp_path / "cache")
+        assert [requests.count(path) for path in broken] == [FAST.attempts] * 2
+        message = str(info.value)
+        assert "2 of 12 files could not be downloaded" in message
+        for path in broken:
+            assert f"{url}{path[1:]}: HTTP 503 Service Unavailable (after {FAST.attempts} tries)" in message
+        local = tmp_path / "cache" / cache_folder_name(url)
+        expected = sorted(p.relative_to(tree["data"]) for s in ("train", "val") for p in (tree["data"] / s).iterdir())
+        cached = sorted(p.relative_to(local) for s in ("train", "val") for p in (local / s).iterdir())
+        assert cached == [p for p in expected if "/" + str(p) not in broken]  # the rest is kept; no .part left
+        failing.clear()  # the server recovers: the next run fetches only what is missing
+        requests.clear()
+        fetch(url, tmp_path / "cache")
+        assert sorted(p for p in requests if p.endswith(".jpg")) == broken
+        assert sorted(p.relative_to(local) for s in ("train", "val") for p in (local / s).iterdir()) == expected
+
+
+def test_a_cut_off_download_is_retried_and_never_counts_as_done(tree, tmp_path):
+    cut_once, cut_always = "/train/train_001.jpg", "/val/val_002.jpg"
+    with serve(tree["data"], TruncatingHandler, truncate_once={cut_once}, truncate_always={cut_always}) as (url, requests):
+        with pytest.raises(DataError) as info:
+            fetch(url, tmp_path / "cache")
+    assert requests.count(cut_once) == 2
+    message = str(info.value)
+    assert url + "val/val_002.jpg" in message and "train_001" not in message
+    local = tmp_path / "cache" / cache_folder_name(url)
+    assert (local / "train" / "train_001.jpg").read_bytes() == (tree["data"] / "train" / "train_001.jpg").read_bytes()
+    assert sorted(p.name for p in (local / "val").iterdir()) == ["val_000.jpg", "val_001.jpg", "val_003.jpg"]
+
+
+def test_a_stalled_answer_times_out_and_is_retried(tree, tmp_path):
+    stalled = "/val/val_000.jpg"
+    policy = FetchPolicy(workers=4, attempts=3, timeout_s=0.5, first_wait_s=0.05)
+    with serve(tree["data"], StallingHandler, stall_once={stalled}) as (url, requests):
+        started = time.perf_counter()
+        root, labels, encoding = fetch(url, tmp_path / "cache", policy=policy)
+        assert time.perf_counter() - started < 2.0  # well before the server would have answered
+    assert requests.count(stalled) == 2
+    assert names_and_labels(index_dataset(root, labels, encoding)) == local_index(tree)
+
+
+def test_a_server_without_listings_is_read_through_files_txt(tree, tmp_path):
+    for split in ("train", "val"):
+        names = sorted(p.name for p in (tree["data"] / split).iterdir())
+        (tree["data"] / split / "files.txt").write_text("# the images of this split\n" + "\n".join(names) + "\n")
+    with serve(tree["data"], NoListingHandler) as (url, requests):
+        root, labels, encoding = fetch(url, tmp_path / "cache")
+    assert "/train/files.txt" in requests and "/val/files.txt" in requests
+    assert names_and_labels(index_dataset(root, labels, encoding)) == local_index(tree)  # files.txt is no image
+
+
+def test_no_listing_and_no_files_txt_is_a_clear_error(tree, tmp_path):
+    with serve(tree["data"], NoListingHandler) as (url, _):
+        with pytest.raises(DataError) as info:
+            fetch(url, tmp_path / "cache")
+    message = str(info.value)
+    assert f"{url}train/" in message and "HTTP 403" in message and "files.txt" in message
+
+
+def test_a_missing_split_and_missing_labels_are_named(tree, tmp_path):
+    with serve(tree["data"]) as (url, _):
+        with pytest.raises(DataError, match=f"{url}test/.*HTTP 404"):
+            fetch(url, tmp_path / "cache", splits=("train", "test"))
+        with pytest.raises(DataError, match=f"{url}nope.json.*HTTP 404"):
+            fetch(url, tmp_path / "cache", labels="nope.json")
+        with pytest.raises(DataError, match=r"must be in the original layout .*; pass --labels"):
+            fetch(url, tmp_path / "cache", labels=None)
+
+
+def test_an_unlabelled_remote_image_is_named_before_any_download(tree, tmp_path):
+    write_image(tree["data"] / "train" / "stray.jpg", 32, 32)
+    with serve(tree["data"]) as (url, requests):
+        with pytest.raises(DataError, match=f"{url}train/stray.jpg: unlabelled"):
+            fetch(url, tmp_path / "cache")
+    assert not [p for p in requests if p.endswith(".jpg")]
+
+
+NGINX_PAGE = """<html>
+<head><title>Index of /imagenet/train/</title></head>
+<body>
+<h1>Index of /imagenet/train/</h1><hr><pre><a href="../">../</a>
+<a href="a%20b.jpg">a b.jpg</a>                                            12-Mar-2024 10:00               12345
+<a href="c.JPEG">c.JPEG</a>                                             12-Mar-2024 10:00               23456
+<a href="nested/">nested/</a>                                            12-Mar-2024 10:00                   -
+</pre><hr></body>
+</html>"""
+
+APACHE_PAGE = """<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 3.2 Final//EN">
+<html><head><title>Index of /imagenet/train</title></head><body>
+<h1>Index of /imagenet/train</h1>
+<table>
+<tr><th><img src="/icons/blank.gif" alt="[ICO]"></th><th><a href="?C=N;O=D">Name</a></th><th><a href="?C=M;O=A">Last modified</a></th></tr>
+<tr><td><img src="/icons/back.gif" alt="[PARENTDIR]"></td><td><a href="/imagenet/">Parent Directory</a></td></tr>
+<tr><td><a href="a%20b.jpg"><img src="/icons/image2.gif" alt="[IMG]"></a></td><td><a href="a%20b.jpg">a b.jpg</a></td></tr>
+<tr><td><img src="/icons/image2.gif" alt="[IMG]"></td><td><a href="/imagenet/train/c.JPEG">c.JPEG</a></td></tr>
+<tr><td><img src="/icons/folder.gif" alt="[DIR]"></td><td><a href="nested/">nested/</a></td></tr>
+<tr><td></td><td><a href="https://elsewhere.example/x.jpg">x.jpg</a></td></tr>
+<tr><td></td><td><a href=".hidden.jpg">.hidden.jpg</a></td></tr>
+</table><address>Apache/2.4.57 (Debian) Server at example.org Port 80</address></body></html>"""
+
+
+@pytest.mark.parametrize("page", [NGINX_PAGE, APACHE_PAGE], ids=["nginx", "apache"])
+def test_index_pages_of_nginx_and_apache(page):
+    files, folders = parse_index_page(page, "http://example.org/imagenet/train/")
+    assert files == ["a b.jpg", "c.JPEG"]
+    assert folders == ["nested"]
+
+
+def test_cli_trains_from_a_url(tree, tmp_path):
+    with serve(tree["data"]) as (url, _):
+        result = run_cli("train", url, "--labels", url + "labels.json", "--label-encoding", url + "label_encoding.json",
+                         "--cache-dir", tmp_path / "cache", "--epochs", "1", "--batch-size", "4", "--lr", "0.001",
+                         "--out", tmp_path / "run", "--device", "cpu", "--dali-threads", "1", check=True)
+    assert "downloading 12 files" in result.stdout and "epoch 1/1" in result.stdout
+    assert f"tensorboard --logdir {tmp_path / 'run' / 'tensorboard'}" in result.stdout
+    assert (tmp_path / "run" / "last.pt").is_file()
+    assert len(list((tmp_path / "cache").glob("*/train/*.jpg"))) == 8
+
+
+def test_the_default_cache_is_under_the_user_cache_directory(tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    with serve(tree["data"]) as (url, _):
+        root, _, _ = fetch_dataset(url, url + "labels.json", None, log=QUIET, policy=FAST)
+    assert Path(root) == tmp_path / "xdg" / "alexnet-dali" / cache_folder_name(url)
+    assert len(list(Path(root).glob("*/*.jpg"))) == 12
+
+
+def test_the_api_takes_a_url(tree, tmp_path):
+    from alexnet_dali import AlexNet
+
+    with serve(tree["data"]) as (url, _):
+        model = AlexNet(url, url + "labels.json", url + "label_encoding.json", cache_dir=str(tmp_path / "cache"),
+                        batch_size=4, device="cpu", out_dir=tmp_path / "run", verbose=False)
+    assert model.classes == ("cat", "dog")
+    assert names_and_labels({"train": model.data.train, "val": model.data.val}) == local_index(tree)
+    assert all(Path(f).is_relative_to(tmp_path / "cache") for f in model.data.train.files)
