@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .data import DataError, Problem, images_root, index_dataset, split_folder
+from .data import DataError, Problem, check_same_classes, images_root, index_dataset, is_image_name, split_folder
 from .scan import scan_images
+
+TRAINING_SPLITS = ("train", "val")
 
 
 def present_splits(data: str | Path) -> list[str]:
@@ -14,6 +16,13 @@ def present_splits(data: str | Path) -> list[str]:
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist" if not root.exists() else f"{root} is not a folder")
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def image_files(folder: Path) -> list[str]:
+    """Every image file under a split folder (class folders included), hidden entries skipped."""
+    return sorted(str(p.resolve()) for p in folder.rglob("*")
+                  if p.is_file() and is_image_name(p.name) and not any(part.startswith(".") for part in
+                                                                        p.relative_to(folder).parts))
 
 
 def check_dataset(data, labels=None, label_encoding=None, *, splits: list[str] | None = None, threads: int = 0) -> dict:
@@ -24,25 +33,27 @@ def check_dataset(data, labels=None, label_encoding=None, *, splits: list[str] |
     if not names:
         raise DataError(f"{data} has no split folders (expected train/, val/, ...)")
     problems: list[Problem] = []
+    if splits is None:  # what training needs, even when the folder is not there
+        problems += [Problem(str(root / name), f"missing split {name!r}: training needs {root}/train and {root}/val")
+                     for name in TRAINING_SPLITS if name not in names]
     images: dict[str, int] = {}
     indexed = {}
     for name in names:
-        split_folder(root, name)  # a missing split is a usage error, raised as such
+        split_folder(root, name)  # a split asked for by name but absent is a usage error, raised as such
         try:
             indexed[name] = index_dataset(data, labels, label_encoding, splits=(name,))[name]
         except DataError as e:
             problems += e.problems
-            continue
     if len(indexed) > 1 and labels is None:
         try:
-            from .data import check_same_classes
-
             check_same_classes(indexed)
         except DataError as e:
             problems += e.problems
-    for name, split in indexed.items():
-        images[name] = len(split)
-        problems += scan_images(split.files, num_threads=threads)
+    for name in names:
+        # decode every image file of the split, labelled or not: a label problem hides no decode problem
+        files = image_files(root / name)
+        images[name] = len(files)
+        problems += scan_images(files, num_threads=threads)
     first = next(iter(indexed.values()), None)
     return {
         "ok": not problems,

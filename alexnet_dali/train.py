@@ -97,10 +97,14 @@ class StepControl:
             signal.signal(signum, handler)
 
     def _on_signal(self, signum, frame):
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
         self.signum = signum  # acted on after the current step
 
     def poll(self) -> tuple[bool, int]:
         due = self.interval > 0 and time.monotonic() - self.last_checkpoint >= self.interval
+        if not self.dist_info.distributed:  # nothing to agree on: no tensor, no device sync
+            return due or bool(self.signum), self.signum
         flags = torch.tensor([float(due), float(self.signum)], device=self.dist_info.device)
         due, signum = distributed.all_reduce_max(flags).tolist()
         return bool(due) or bool(signum), int(signum)
