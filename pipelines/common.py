@@ -47,21 +47,32 @@ def decode(encoded, device: str, hw_decoder_load: float = 0.65):
     raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
 
 
-def decode_and_centre(encoded, device: str, size: int = SCALE_SIZE, hw_decoder_load: float = 0.65):
-    """Decode, rescale the short side to `size` and keep the central size×size square.
+def decode_and_centre(encoded, device: str, size: int = SCALE_SIZE, hw_decoder_load: float = 0.65, window=None):
+    """Decode, rescale the short side to `size` and keep the central size×size square, or only
+    a window of that square.
 
-    Done as one resize of the centred square region of interest, so no pixel outside the final
-    square is ever produced. The square's offset is rounded down in source pixels; an image whose
-    short side already equals `size` is copied exactly.
+    Done as one resize of a region of interest of the source image, so no pixel outside the
+    result is ever computed. The square's offset is rounded down in source pixels; an image whose
+    short side already equals `size` is copied exactly. `window=(x, y, side)` (DALI nodes or
+    numbers, in pixels of the size×size square) resizes only that part: the same sample positions
+    as cutting it from the whole square, for (side/size)² of the work, which is how training
+    takes its random 224 crop.
     """
     images = decode(encoded, device, hw_decoder_load)
     shape = fn.peek_image_shape(encoded)  # H, W, C after EXIF orientation, as the decoder applies it
     height, width = shape[0], shape[1]
     side = dmath.min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    start = fn.cast(fn.stack(top, left), dtype=types.FLOAT)
-    end = fn.cast(fn.stack(top + side, left + side), dtype=types.FLOAT)
-    return fn.resize(images, size=[size, size], roi_start=start, roi_end=end, roi_relative=False)
+    top = fn.cast((height - side) // 2, dtype=types.FLOAT)
+    left = fn.cast((width - side) // 2, dtype=types.FLOAT)
+    side = fn.cast(side, dtype=types.FLOAT)
+    if window is None:
+        start, end, out = fn.stack(top, left), fn.stack(top + side, left + side), size
+    else:
+        x, y, out = window
+        scale = side / float(size)  # source pixels per pixel of the size×size square
+        y0, x0 = top + y * scale, left + x * scale
+        start, end = fn.stack(y0, x0), fn.stack(y0 + out * scale, x0 + out * scale)
+    return fn.resize(images, size=[out, out], roi_start=start, roi_end=end, roi_relative=False)
 
 
 def lighting_mean(mean_rgb, eigval, eigvec, sigma: float):
@@ -82,13 +93,13 @@ def lighting_mean(mean_rgb, eigval, eigvec, sigma: float):
 
 
 def normalised_crop(images, *, mean, crop_pos_x=0.5, crop_pos_y=0.5, mirror=0, layout: str = "CHW",
-                    dtype=types.FLOAT):
-    """A 224×224 window of the 256×256 image at anchor (crop_pos · 32), optionally mirrored,
-    minus the (per-image) mean: centred raw RGB values, no division (section 2)."""
-    return fn.crop_mirror_normalize(
-        images, crop=(CROP_SIZE, CROP_SIZE), crop_pos_x=crop_pos_x, crop_pos_y=crop_pos_y, mirror=mirror,
-        mean=mean, std=[1.0, 1.0, 1.0], dtype=dtype, output_layout=layout,
-    )
+                    dtype=types.FLOAT, crop: bool = True):
+    """A 224×224 window of the 256×256 image at anchor (crop_pos · 32) (or, with crop=False, the
+    image as it is), optionally mirrored, minus the (per-image) mean: centred raw RGB values, no
+    division (section 2)."""
+    window = dict(crop=(CROP_SIZE, CROP_SIZE), crop_pos_x=crop_pos_x, crop_pos_y=crop_pos_y) if crop else {}
+    return fn.crop_mirror_normalize(images, mirror=mirror, mean=mean, std=[1.0, 1.0, 1.0], dtype=dtype,
+                                    output_layout=layout, **window)
 
 
 def output_layout(device: str) -> str:

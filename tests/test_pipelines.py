@@ -70,7 +70,7 @@ def test_training_crops_equal_numpy_crops_of_the_pil_reference(mixed_images):
     pipe = training_pipeline(files, list(range(len(files))), device="cpu", mean=MEAN, lighting=0.0, debug=True,
                              batch_size=len(files), num_threads=2, device_id=None, seed=3, **IDENTITY_PCA)
     images, labels, xs, ys, flips, means = run_batches(pipe, 2)
-    for image, label, x, y, flip in zip(images, labels, 32 * np.array(xs), 32 * np.array(ys), flips):
+    for image, label, x, y, flip in zip(images, labels, np.array(xs), np.array(ys), flips):
         assert image.shape == (3, 224, 224) and image.dtype == np.float32
         assert float(x).is_integer() and 0 <= x <= 32 and float(y).is_integer() and 0 <= y <= 32
         reference = crop_reference(pil_centre_256(files[int(label[0])]), int(x), int(y), bool(flip), MEAN255)

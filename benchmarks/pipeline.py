@@ -1,0 +1,155 @@
+"""Images/sec of the training input pipeline alone, side by side in one run:
+
+  dali-cpu          our training pipeline on the CPU (libjpeg-turbo), to torch tensors
+  dali-gpu          the same on the GPU (nvJPEG + hardware decoder), where one is present
+  pil-dataloader    the usual alternative: PIL + torch DataLoader doing the same work (decode,
+                    short side 256, centre 256, random 224, flip, centre the pixels, PCA lighting)
+  *-decode          decode only, to see how close each is to its decoder's own limit
+  *-no-lighting     the training pipeline with the PCA lighting off (what lighting costs)
+  *-pca-stats       the statistics pass that computes the PCA (decode, centre 256, exact sums)
+
+Every CPU row uses all the cores (DALI threads = DataLoader workers = cores).
+
+    python benchmarks/pipeline.py [--device cpu|gpu|all] [--data DIR] [--images N] [--batch-size B] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from common import base_parser, cpu_count, data_files, report, timed, wants
+
+# ImageNet's RGB statistics in [0, 1] units (the values fb.resnet.torch published): any plausible
+# PCA costs the same.
+MEAN = (0.485, 0.456, 0.406)
+EIGVAL = (0.2175, 0.0188, 0.0045)
+EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
+
+
+# -- DALI ------------------------------------------------------------------------------------
+
+def dali_loader(files, device: str, batch_size: int, threads: int, decode_only: bool, lighting: float = 0.1):
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
+    from nvidia.dali.plugin.pytorch import LastBatchPolicy
+
+    from alexnet_dali.loader import DaliLoader
+    from alexnet_dali.pipelines import READER_NAME, training_pipeline
+    from alexnet_dali.pipelines.common import decode
+
+    device_id = 0 if device == "gpu" else None
+    labels = [0] * len(files)
+    if decode_only:
+        @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id, prefetch_queue_depth=2)
+        def decoding():
+            encoded, label = fn.readers.file(files=files, labels=labels, name=READER_NAME, pad_last_batch=True)
+            # a 1×1 crop so the iterator copies nothing: the time is the decoder's
+            return fn.crop(decode(encoded, device), crop=(1, 1)), label
+
+        pipe = decoding()
+    else:
+        pipe = training_pipeline(files, labels, device=device, mean=MEAN, eigval=EIGVAL, eigvec=EIGVEC, lighting=lighting,
+                                 batch_size=batch_size, num_threads=threads, device_id=device_id,
+                                 prefetch_queue_depth=2, seed=1)
+    pipe.build()
+    return DaliLoader(pipe, LastBatchPolicy.FILL)
+
+
+def pca_pass(files, device: str, batch_size: int, threads: int):
+    from alexnet_dali.pca import compute_pca
+
+    return lambda: compute_pca(files, device=device, device_id=0 if device == "gpu" else None,
+                               batch_size=batch_size, num_threads=threads)
+
+
+def drain(loader, device: str):
+    for images, _ in loader:
+        pass
+    if device == "gpu":
+        torch.cuda.synchronize()
+
+
+# -- PIL + DataLoader ---------------------------------------------------------------------------
+
+class PilTraining(Dataset):
+    """The paper's training augmentation written the usual way: PIL, NumPy, one image at a time."""
+
+    def __init__(self, files, decode_only: bool):
+        self.files, self.decode_only = files, decode_only
+        self.mean255 = 255.0 * np.asarray(MEAN, dtype=np.float32)
+        self.lighting = 255.0 * np.asarray(EIGVEC, dtype=np.float32) * np.asarray(EIGVAL, dtype=np.float32)
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, index):
+        image = Image.open(self.files[index]).convert("RGB")
+        if self.decode_only:
+            image.load()
+            return torch.zeros(1), 0
+        w, h = image.size
+        scale = 256 / min(w, h)
+        image = image.resize((max(256, round(w * scale)), max(256, round(h * scale))), Image.BILINEAR)
+        w, h = image.size
+        left, top = (w - 256) // 2 + np.random.randint(0, 33), (h - 256) // 2 + np.random.randint(0, 33)
+        image = image.crop((left, top, left + 224, top + 224))
+        if np.random.rand() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        shift = self.lighting @ np.random.normal(0, 0.1, size=3).astype(np.float32)
+        pixels = np.asarray(image, dtype=np.float32) - (self.mean255 - shift)
+        return torch.from_numpy(pixels.transpose(2, 0, 1).copy()), 0
+
+
+def pil_loader(files, batch_size: int, workers: int, decode_only: bool):
+    return DataLoader(PilTraining(files, decode_only), batch_size=batch_size, shuffle=True, num_workers=workers,
+                      persistent_workers=workers > 0, drop_last=False,
+                      worker_init_fn=lambda worker: np.random.seed(1234 + worker))
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+def main(argv=None):
+    args = base_parser(__doc__.split("\n\n")[0]).parse_args(argv)
+    files = data_files(args)
+    cores = cpu_count()
+    n = len(files)
+    rows = []
+
+    def add(name, device, loader, kind):
+        result = timed(lambda: drain(loader, device), n, args.trials, warmup=lambda: drain(loader, device))
+        rows.append({"name": name, "device": device, "kind": kind, "threads": cores, **result})
+
+    for decode_only, suffix in ((False, ""), (True, "-decode")):
+        kind = "decode" if decode_only else "training pipeline"
+        if wants(args, "cpu"):
+            add(f"dali-cpu{suffix}", "cpu", dali_loader(files, "cpu", args.batch_size, cores, decode_only), kind)
+            add(f"pil-dataloader{suffix}", "cpu", pil_loader(files, args.batch_size, cores, decode_only), kind)
+        if wants(args, "gpu"):
+            add(f"dali-gpu{suffix}", "gpu", dali_loader(files, "gpu", args.batch_size, cores, decode_only), kind)
+    for device in ("cpu", "gpu"):
+        if wants(args, device):
+            add(f"dali-{device}-no-lighting", device,
+                dali_loader(files, device, args.batch_size, cores, False, lighting=0.0), "training pipeline")
+            run = pca_pass(files, device, args.batch_size, cores)
+            rows.append({"name": f"dali-{device}-pca-stats", "device": device, "kind": "statistics pass",
+                         "threads": cores, **timed(run, n, args.trials, warmup=run)})
+    by_name = {r["name"]: r["images_per_sec"] for r in rows}
+    notes = []
+    if "dali-cpu" in by_name and "pil-dataloader" in by_name:
+        notes.append(f"dali-cpu / pil-dataloader = {by_name['dali-cpu'] / by_name['pil-dataloader']:.2f}x "
+                     f"on the same {cores} cores")
+    for name in ("dali-cpu", "dali-gpu"):
+        if name in by_name and f"{name}-no-lighting" in by_name:
+            notes.append(f"{name}: lighting on / off = {by_name[name] / by_name[name + '-no-lighting']:.3f}")
+    for name in ("dali-cpu", "dali-gpu", "pil-dataloader"):
+        if name in by_name and f"{name}-decode" in by_name:
+            notes.append(f"{name} runs at {by_name[name] / by_name[name + '-decode']:.0%} of its decode-only rate")
+    return report("training input pipeline", rows, args, notes)
+
+
+if __name__ == "__main__":
+    main()
