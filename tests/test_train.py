@@ -144,3 +144,20 @@ def test_cli_reports_bad_data_without_a_traceback(tmp_path, original_layout):
     result = run_cli("train", original_layout["data"], "--labels", original_layout["labels"], "--out", tmp_path / "r")
     assert result.returncode == 2
     assert "extra.jpg" in result.stderr and "unlabelled" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_demo_makes_data_trains_predicts_and_saves(tmp_path):
+    """The README's first command, shortened to one epoch (the full demo is timed in the README)."""
+    result = run_cli("demo", "--out", tmp_path / "demo", "--epochs", "1", "--device", "cpu", check=True)
+    assert "epoch 1/1" in result.stdout and "ten-crop predictions" in result.stdout
+    assert "test images right" in result.stdout and "chance: 20%" in result.stdout
+    demo = tmp_path / "demo"
+    assert len(list((demo / "data" / "train").glob("*.jpg"))) == 200
+    assert len(list((demo / "data" / "test").glob("*.jpg"))) == 20
+    assert (demo / "run" / "history.json").is_file()
+    from alexnet_dali import AlexNet
+
+    model = AlexNet.load(demo / "model.pt", device="cpu")
+    assert model.classes == ("stripes", "columns", "rings", "checks", "diagonals")
+    again = run_cli("demo", "--out", demo, "--epochs", "1")
+    assert again.returncode == 2 and "already holds a demo run" in again.stderr
