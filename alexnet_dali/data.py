@@ -185,6 +185,16 @@ def split_folder(data: str | os.PathLike, split: str) -> Path:
     return folder
 
 
+def finished_split(split: str, folder: Path, files: list[str], targets: list[int], problems: list[Problem],
+                   encoding: dict[str, int], empty_means: str = "no image files") -> Split:
+    """The Split, or one DataError with every problem found (or saying that the split is empty)."""
+    if problems:
+        raise DataError(problems, f"problems in split {split!r}")
+    if not files:
+        raise DataError(f"split {split!r} is empty: {empty_means} in {folder}")
+    return Split(split, tuple(files), tuple(targets), classes_from_encoding(encoding))
+
+
 def index_labelled_split(data, split: str, labels: dict[str, object], encoding: dict[str, int], labels_path: str) -> Split:
     """Layout 1: a flat folder of images labelled by the image-id JSON."""
     folder = split_folder(data, split)
@@ -207,11 +217,7 @@ def index_labelled_split(data, split: str, labels: dict[str, object], encoding: 
             continue
         files.append(str(image.resolve()))
         targets.append(encoding[label])
-    if problems:
-        raise DataError(problems, f"problems in split {split!r}")
-    if not files:
-        raise DataError(f"split {split!r} is empty: no image files in {folder}")
-    return Split(split, tuple(files), tuple(targets), classes_from_encoding(encoding))
+    return finished_split(split, folder, files, targets, problems, encoding)
 
 
 def folder_encoding(data, split: str) -> dict[str, int]:
@@ -243,11 +249,7 @@ def index_class_folders(data, split: str, encoding: dict[str, int], origin: str 
             problems.append(Problem(str(class_dir), "empty class folder"))
         files += [str(p.resolve()) for p in images]
         targets += [encoding[class_dir.name]] * len(images)
-    if problems:
-        raise DataError(problems, f"problems in split {split!r}")
-    if not files:
-        raise DataError(f"split {split!r} is empty: no class folders with images in {folder}")
-    return Split(split, tuple(files), tuple(targets), classes_from_encoding(encoding))
+    return finished_split(split, folder, files, targets, problems, encoding, "no class folders with images")
 
 
 def index_dataset(
@@ -391,15 +393,12 @@ def index_solution_split(folder: Path, split: str, csv_path: Path, encoding: dic
         used.add(key)
         files.append(str(image.resolve()))
         targets.append(encoding[synset])
-    if problems:
-        raise DataError(problems, f"problems in split {split!r}")
-    if not files:
-        raise DataError(f"split {split!r} is empty: no image files in {folder}")
+    result = finished_split(split, folder, files, targets, problems, encoding)
     absent = sorted(set(solution) - used)
     if absent:  # a subset of val is legitimate, but say so: it changes the accuracy one reports
         warnings.warn(f"{csv_path} lists {len(absent)} image(s) that are not in {folder} "
                       f"(first: {', '.join(absent[:3])})", stacklevel=2)
-    return Split(split, tuple(files), tuple(targets), classes_from_encoding(encoding))
+    return result
 
 
 def read_synset_mapping(data, root: Path) -> dict[str, str]:

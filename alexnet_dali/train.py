@@ -214,6 +214,24 @@ def check_resume(state: dict, config: TrainConfig, num_classes: int, global_batc
                               + "\n  ".join(conflicts))
 
 
+def restore(state: dict, raw_model, optimizer, scheduler, dist_info: DistInfo):
+    """Load a checkpoint into the run: (history, first epoch to run, this rank's saved state or None)."""
+    raw_model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    history = {key: list(state["history"].get(key, [])) for key in HISTORY_KEYS}
+    ranks = state.get("ranks") or []
+    if len(ranks) != dist_info.world_size:
+        warnings.warn(f"the checkpoint was written by {len(ranks)} processes, this run has {dist_info.world_size}: "
+                      f"the data order restarts at epoch {state['epoch'] + 1}", stacklevel=3)
+        return history, state["epoch"], None
+    mine = ranks[dist_info.rank]
+    torch.set_rng_state(mine["torch_rng"])
+    if dist_info.device.type == "cuda" and mine.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(mine["cuda_rng"])
+    return history, state["epoch"], mine
+
+
 def code_version() -> dict:
     commit = None
     try:
@@ -249,6 +267,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
     from tqdm import tqdm
 
     out = Path(config.out)
+    version = code_version()
     resume_state = run_dir_state(config, dist_info)
     data = data or prepare_data(config, dist_info, log)
     train_split, val_split, pca = data.train, data.val, data.pca
@@ -265,27 +284,14 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
                                                            patience=config.lr_patience, min_lr=config.min_lr)
-    history = {key: [] for key in HISTORY_KEYS}
-    start_epoch, rank_state, best = 0, None, -1.0
     torch.manual_seed(config.seed + 1 + dist_info.rank)  # dropout masks differ per rank
+    history, start_epoch, rank_state = {key: [] for key in HISTORY_KEYS}, 0, None
     if resume_state is not None:
         check_resume(resume_state, config, len(train_split.classes), global_batch)
-        raw_model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        history = {key: list(resume_state["history"].get(key, [])) for key in HISTORY_KEYS}
-        start_epoch, best = resume_state["epoch"], max(history["val_accuracy"], default=-1.0)
-        ranks = resume_state.get("ranks") or []
-        if len(ranks) == dist_info.world_size:
-            rank_state = ranks[dist_info.rank]
-            torch.set_rng_state(rank_state["torch_rng"])
-            if dist_info.device.type == "cuda" and rank_state.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(rank_state["cuda_rng"])
-        else:
-            warnings.warn(f"the checkpoint was written by {len(ranks)} processes, this run has "
-                          f"{dist_info.world_size}: the data order restarts at epoch {start_epoch + 1}", stacklevel=2)
+        history, start_epoch, rank_state = restore(resume_state, raw_model, optimizer, scheduler, dist_info)
         log(f"resuming {out} at epoch {start_epoch + 1}" +
             (f", step {rank_state['step']}" if rank_state and rank_state["step"] else ""))
+    best = max(history["val_accuracy"], default=-1.0)
     model = raw_model
     if dist_info.distributed:
         model = DistributedDataParallel(raw_model, device_ids=[dist_info.local_rank] if dist_info.device.type == "cuda" else None)
@@ -297,7 +303,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
     writer = None
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(config, out / "config.json", **code_version(), world_size=dist_info.world_size,
+        write_json(config, out / "config.json", **version, world_size=dist_info.world_size,
                    global_batch=global_batch, batch_per_process=per_process, lr_effective=lr,
                    train_images=len(train_split), val_images=len(val_split), classes=list(train_split.classes))
         from torch.utils.tensorboard import SummaryWriter
@@ -321,7 +327,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "ranks": ranks,
                 "classes": list(train_split.classes), "pca": pca.to_dict(), "config": config.to_dict(),
-                "global_batch": global_batch, "world_size": dist_info.world_size, **code_version(),
+                "global_batch": global_batch, "world_size": dist_info.world_size, **version,
             }, path)
         return path
 
@@ -349,7 +355,8 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
             images_per_sec = totals[3].item() / max(progress.seconds, 1e-9)
             val_loss, val_top1, val_top5 = evaluate(raw_model, val_loader, dist_info, expected=len(val_split))
             scheduler.step(1.0 - val_top1)  # section 5: lr / 10 when the validation error stops improving
-            for key, value in zip(HISTORY_KEYS, (loss, top1, top5, val_loss, val_top1, val_top5, lr_now, images_per_sec)):
+            metrics = dict(zip(HISTORY_KEYS, (loss, top1, top5, val_loss, val_top1, val_top5, lr_now, images_per_sec)))
+            for key, value in metrics.items():
                 history[key].append(value)
             path = checkpoint(epoch + 1, None)
             control.checkpointed()
@@ -358,7 +365,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
                     best = val_top1
                     link(path, out / BEST)
                 write_json_atomic(history, out / "history.json")
-                for key, value in zip(HISTORY_KEYS, (loss, top1, top5, val_loss, val_top1, val_top5, lr_now, images_per_sec)):
+                for key, value in metrics.items():
                     writer.add_scalar(SCALAR_NAMES[key], value, epoch + 1)
                 writer.flush()
                 log(f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}, top-1 {top1:.1%}, val loss {val_loss:.4f}, "
