@@ -185,3 +185,19 @@ def test_same_seed_same_batches_other_seed_other_batches(tmp_path):
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     assert not np.array_equal(a[0], c[0])
+
+
+def test_alexnet_computes_the_pca_once_then_reads_the_cache(tmp_path, capsys):
+    from alexnet_dali import AlexNet
+    from conftest import make_original_layout
+
+    layout = make_original_layout(tmp_path / "data")
+    first = AlexNet(layout["data"], layout["labels"], layout["label_encoding"], device="cpu", out_dir=tmp_path / "a")
+    assert "computing the RGB PCA over 8 training images" in capsys.readouterr().out
+    cached = list((layout["data"] / ".alexnet-dali").glob("pca-*.json"))
+    assert len(cached) == 1
+    second = AlexNet(layout["data"], layout["labels"], layout["label_encoding"], device="cpu", out_dir=tmp_path / "b")
+    assert "computing the RGB PCA" not in capsys.readouterr().out
+    assert second.pca == first.pca
+    reference = compute_pca(first.data.train.files)
+    np.testing.assert_allclose(first.pca.mean, reference.mean, rtol=1e-12)

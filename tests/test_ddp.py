@@ -135,6 +135,20 @@ def test_validation_under_two_processes_equals_one_process(ddp_run, uneven):
     assert history["val_loss"][-1] == pytest.approx(single["loss"], rel=1e-4)
 
 
+def test_pca_split_over_two_processes_equals_one_process(ddp_run):
+    """Each rank sums half of the training images; the all-reduced sums give the same PCA."""
+    from alexnet_dali.pca import PCA, compute_pca
+
+    config, _, _ = ddp_run
+    state = torch.load(Path(config.out) / "last.pt", weights_only=True)
+    data = prepare_data(config, cpu_rank(0, 1), log=lambda *a: None)
+    single = compute_pca(data.train.files)
+    two = PCA.from_dict(state["pca"])
+    assert two.images == single.images == 11
+    np.testing.assert_allclose(two.mean, single.mean, rtol=1e-12)
+    np.testing.assert_allclose(two.eigval, single.eigval, rtol=1e-9)
+
+
 def test_only_rank_zero_writes_and_logs(ddp_run):
     config, root, result = ddp_run
     out = Path(config.out)
