@@ -4,7 +4,6 @@ keyword arguments), passed explicitly, written to the run directory and into eve
 from __future__ import annotations
 
 import dataclasses
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -119,6 +118,8 @@ def _describe(annotation) -> str:
     return "None" if annotation is type(None) else annotation.__name__
 
 
-def write_json(config: TrainConfig, path, **extra) -> None:
-    with open(path, "w") as f:
-        json.dump({**config.to_dict(), **extra}, f, indent=2, sort_keys=True)
+def write_config(config: TrainConfig, path, **extra) -> None:
+    """config.json of a run: every field, and what the run adds (version, world size, ...)."""
+    from .data import write_json
+
+    write_json({**config.to_dict(), **extra}, path, indent=2, sort_keys=True)

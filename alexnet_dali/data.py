@@ -98,6 +98,15 @@ def is_metadata_name(name: str) -> bool:
     return name == MANIFEST or re.fullmatch(r"LOC_\w+\.(csv|txt)", name) is not None
 
 
+def write_json(value, path: str | os.PathLike, **dump_options) -> None:
+    """Write JSON atomically: a temporary file renamed over the name, so a reader (or a crash)
+    never sees half of it."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(value, **dump_options))
+    os.replace(tmp, path)
+
+
 def load_json(path: str | os.PathLike, what: str) -> dict:
     """Read a JSON object, with errors that name the file and the place it went wrong."""
     path = Path(path)

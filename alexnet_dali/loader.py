@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from .data import Split

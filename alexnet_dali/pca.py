@@ -123,9 +123,9 @@ def load_pca(path: Path) -> PCA | None:
 
 
 def save_pca(pca: PCA, path: Path) -> None:
+    from .data import write_json
+
     try:
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(pca.to_dict(), indent=2))
-        os.replace(tmp, path)
+        write_json(pca.to_dict(), path, indent=2)
     except OSError:
         pass  # an unwritable cache only costs a recomputation next time

@@ -3,7 +3,6 @@ image, compute (or load) the PCA. Each problem surfaces here, named, before any 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 
 from . import distributed
 from .config import TrainConfig
-from .data import DataError, Problem, Split, index_dataset
+from .data import DataError, Problem, Split, index_dataset, write_json
 from .distributed import DistInfo
 from .loader import cores_per_process
 from .pca import PCA, compute_pca, load_pca, pca_cache_name, sample_files, save_pca
@@ -51,9 +50,9 @@ def writable_cache(dirs: list[Path]) -> Path | None:
 
 def resolve_data(config: TrainConfig, log=print) -> tuple[str, str | None, str | None]:
     """(local data root, labels JSON, encoding JSON); URL data sets are fetched into the cache."""
-    if config.data.startswith(("http://", "https://")):
-        from .remote import fetch_dataset
+    from .remote import fetch_dataset, is_url
 
+    if is_url(config.data):
         return fetch_dataset(config.data, config.labels, config.label_encoding, cache_dir=config.cache_dir,
                              splits=("train", config.val_split), log=log)
     return config.data, config.labels, config.label_encoding
@@ -99,7 +98,7 @@ def prepare_data(config: TrainConfig, dist_info: DistInfo, log=print) -> Prepare
         if dist_info.is_main:
             out = Path(config.out)
             out.mkdir(parents=True, exist_ok=True)
-            (out / EXCLUDED_FILE).write_text(json.dumps(bad, indent=2, sort_keys=True))
+            write_json(bad, out / EXCLUDED_FILE, indent=2, sort_keys=True)
             log(f"warning: --skip-bad left out {len(bad)} undecodable image(s), listed in {out / EXCLUDED_FILE}")
         if not len(train) or not len(val):
             raise DataError(f"no decodable images left in split {'train' if not len(train) else val.name!r}")

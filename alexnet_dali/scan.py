@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .data import Problem
+from .data import Problem, write_json
 
 # Leading bytes of the formats DALI decodes.
 SIGNATURES = (
@@ -153,9 +153,7 @@ class ScanCache:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(self.entries))
-            os.replace(tmp, self.path)
+            write_json(self.entries, self.path)
         except OSError:
             pass  # an unwritable cache only costs a rescan next time
 

@@ -8,14 +8,13 @@ Only the main process (rank 0) writes files and shows progress; metrics are all-
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,8 +23,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__, distributed
 from .checkpoint import BEST, LAST, CheckpointError, link, newest_valid_checkpoint, save_checkpoint
-from .config import ConfigError, TrainConfig, write_json
-from .data import Split
+from .config import ConfigError, TrainConfig, write_config
+from .data import write_json
 from .distributed import DistInfo
 from .loader import LoaderSettings, dali_threads, evaluation_loader, training_loader
 from .model import AlexNetModule
@@ -244,12 +243,6 @@ def code_version() -> dict:
     return {"package_version": __version__, "commit": commit}
 
 
-def write_json_atomic(value, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)
-
-
 # -- The run ---------------------------------------------------------------------------------
 
 def train(config: TrainConfig, *, net: AlexNetModule | None = None, data: PreparedData | None = None,
@@ -303,7 +296,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
     writer = None
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(config, out / "config.json", **version, world_size=dist_info.world_size,
+        write_config(config, out / "config.json", **version, world_size=dist_info.world_size,
                    global_batch=global_batch, batch_per_process=per_process, lr_effective=lr,
                    train_images=len(train_split), val_images=len(val_split), classes=list(train_split.classes))
         from torch.utils.tensorboard import SummaryWriter
@@ -364,7 +357,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
                 if val_top1 > best:
                     best = val_top1
                     link(path, out / BEST)
-                write_json_atomic(history, out / "history.json")
+                write_json(history, out / "history.json", indent=2)
                 for key, value in metrics.items():
                     writer.add_scalar(SCALAR_NAMES[key], value, epoch + 1)
                 writer.flush()

@@ -33,7 +33,6 @@ EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6
 
 def dali_loader(files, device: str, batch_size: int, threads: int, decode_only: bool, lighting: float = 0.1):
     import nvidia.dali.fn as fn
-    import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
     from nvidia.dali.plugin.pytorch import LastBatchPolicy
 

@@ -12,7 +12,7 @@ import contextlib
 import torch
 from torch import nn
 
-from common import base_parser, cpu_count, data_files, report, timed, wants
+from common import base_parser, data_files, report, timed, wants
 
 MEAN = (0.485, 0.456, 0.406)
 EIGVAL = (0.2175, 0.0188, 0.0045)

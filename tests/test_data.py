@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from alexnet_dali.data import DataError, index_dataset, read_label_encoding
-from conftest import make_class_folders, make_original_layout, write_image
+from conftest import make_class_folders, write_image
 
 
 def test_original_layout_files_labels_and_classes(original_layout):

@@ -14,7 +14,7 @@ import torch
 
 from alexnet_dali.config import ConfigError, TrainConfig
 from alexnet_dali.distributed import DistInfo
-from alexnet_dali.loader import LoaderSettings, dali_threads, training_loader
+from alexnet_dali.loader import LoaderSettings, training_loader
 from alexnet_dali.model import AlexNetModule
 from alexnet_dali.predict import evaluate_split
 from alexnet_dali.prepare import prepare_data

@@ -3,7 +3,6 @@ CUDA GPU (conftest.py); these have not yet run on a GPU (none was lent to the se
 
 import numpy as np
 import pytest
-import torch
 
 from alexnet_dali.pipelines import evaluation_pipeline, training_pipeline
 from conftest import make_original_layout, write_image
