@@ -47,32 +47,79 @@ def decode(encoded, device: str, hw_decoder_load: float = 0.65):
     raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
 
 
+# Shrinking by at most this factor (a short side of up to 512 px, most of ImageNet) is plain
+# bilinear interpolation, as Caffe's (OpenCV) and TensorFlow's ImageNet preprocessing do: every
+# source pixel still lies in some output pixel's 2×2 neighbourhood. Shrinking more would skip
+# pixels and alias, so there the resampler is antialiased (a triangle filter as wide as the step,
+# like PIL's bilinear). The paper names no filter.
+MAX_BILINEAR_SHRINK = 2.0
+
+
 def decode_and_centre(encoded, device: str, size: int = SCALE_SIZE, hw_decoder_load: float = 0.65, window=None):
     """Decode, rescale the short side to `size` and keep the central size×size square, or only
     a window of that square.
 
-    Done as one resize of a region of interest of the source image, so no pixel outside the
-    result is ever computed. The square's offset is rounded down in source pixels; an image whose
-    short side already equals `size` is copied exactly. `window=(x, y, side)` (DALI nodes or
-    numbers, in pixels of the size×size square) resizes only that part: the same sample positions
-    as cutting it from the whole square, for (side/size)² of the work, which is how training
-    takes its random 224 crop.
+    Done as one resampling of a region of the source image, so no pixel outside the result is
+    ever computed. The square's offset is rounded down in source pixels; an image whose short
+    side already equals `size` is copied exactly. `window=(x, y, side)` (DALI nodes or numbers, in
+    pixels of the size×size square) resamples only that part: the same sample positions as
+    cutting it from the whole square, for (side/size)² of the work, which is how training takes
+    its random 224 crop.
+
+    The pipeline calling this needs `enable_conditionals=True` (the filter is chosen per image).
     """
-    images = decode(encoded, device, hw_decoder_load)
     shape = fn.peek_image_shape(encoded)  # H, W, C after EXIF orientation, as the decoder applies it
     height, width = shape[0], shape[1]
     side = dmath.min(height, width)
     top = fn.cast((height - side) // 2, dtype=types.FLOAT)
     left = fn.cast((width - side) // 2, dtype=types.FLOAT)
-    side = fn.cast(side, dtype=types.FLOAT)
+    step = fn.cast(side, dtype=types.FLOAT) / float(size)  # source pixels per pixel of the square
     if window is None:
-        start, end, out = fn.stack(top, left), fn.stack(top + side, left + side), size
+        out = size
     else:
         x, y, out = window
-        scale = side / float(size)  # source pixels per pixel of the size×size square
-        y0, x0 = top + y * scale, left + x * scale
-        start, end = fn.stack(y0, x0), fn.stack(y0 + out * scale, x0 + out * scale)
-    return fn.resize(images, size=[out, out], roi_start=start, roi_end=end, roi_relative=False)
+        top, left = top + y * step, left + x * step
+    if device == "cpu":
+        images, top, left = decode_region(encoded, top, left, out * step, step, height, width)
+    else:  # the GPU decodes whole images (the hardware decoder takes no regions)
+        images = decode(encoded, device, hw_decoder_load)
+    return resample(images, device, top, left, step, out)
+
+
+def decode_region(encoded, top, left, extent, step, height, width):
+    """Decode on the CPU only the square [top, top + extent) × [left, left + extent), widened by
+    the resampling filter's reach (at most `step` + 1 pixels): the same pixels as decoding the
+    whole image, and libjpeg-turbo skips the blocks outside (measured +7% images/s for training
+    crops). Returns the image and (top, left) relative to the region."""
+    margin = dmath.ceil(step) + 1.0
+    row0 = dmath.max(dmath.floor(top) - margin, 0.0)
+    col0 = dmath.max(dmath.floor(left) - margin, 0.0)
+    row1 = dmath.min(dmath.ceil(top + extent) + margin, fn.cast(height, dtype=types.FLOAT))
+    col1 = dmath.min(dmath.ceil(left + extent) + margin, fn.cast(width, dtype=types.FLOAT))
+    images = fn.decoders.image_slice(encoded, fn.stack(row0, col0), fn.stack(row1 - row0, col1 - col0),
+                                     axis_names="HW", normalized_anchor=False, normalized_shape=False,
+                                     device="cpu", output_type=types.RGB)
+    return images, top - row0, left - col0
+
+
+def resample(images, device: str, top, left, step, out: int):
+    """An out×out image whose pixel (i, j) samples the source at (top + (i + ½)·step,
+    left + (j + ½)·step), in coordinates whose origin is the source's top-left corner."""
+    if step > MAX_BILINEAR_SHRINK:
+        result = fn.resize(images, size=[out, out], roi_start=fn.stack(top, left),
+                           roi_end=fn.stack(top + out * step, left + out * step), roi_relative=False)
+    elif device == "cpu":
+        # OpenCV's warp: the same samples as resize(antialias=False), measured 2× faster on the CPU
+        zero, one = fn.zeros_like(step), fn.ones_like(step)
+        matrix = fn.reshape(fn.stack(step, zero, left, zero, step, top, zero, zero, one), shape=[3, 3])
+        result = fn.experimental.warp_perspective(images, matrix=matrix, size=[out, out], inverse_map=True,
+                                                  interp_type=types.INTERP_LINEAR, pixel_origin="corner",
+                                                  border_mode="replicate")
+    else:
+        result = fn.resize(images, size=[out, out], roi_start=fn.stack(top, left),
+                           roi_end=fn.stack(top + out * step, left + out * step), roi_relative=False,
+                           antialias=False)
+    return result
 
 
 def lighting_mean(mean_rgb, eigval, eigvec, sigma: float):

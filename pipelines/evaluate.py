@@ -7,7 +7,7 @@ from nvidia.dali import pipeline_def
 from .common import decode_and_centre, normalised_crop, output_layout, read_files
 
 
-@pipeline_def(enable_checkpointing=True)
+@pipeline_def(enable_checkpointing=True, enable_conditionals=True)
 def evaluation_pipeline(files, labels, *, device: str, mean, shard_id: int = 0, num_shards: int = 1,
                         hw_decoder_load: float = 0.65):
     encoded, label = read_files(files, labels, shard_id=shard_id, num_shards=num_shards, shuffle=False)

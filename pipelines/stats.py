@@ -13,7 +13,7 @@ from .common import decode_and_centre, read_files
 CROSS_PRODUCTS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
 
 
-@pipeline_def
+@pipeline_def(enable_conditionals=True)
 def statistics_pipeline(files, *, device: str, shard_id: int = 0, num_shards: int = 1, hw_decoder_load: float = 0.65):
     """Per image: sums [3] of R, G, B and sums [6] of the channel products (CROSS_PRODUCTS), as
     int64. Products of uint8 values fit int32 and sums of a 256×256 image fit int64 exactly."""

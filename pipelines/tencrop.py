@@ -19,7 +19,7 @@ TENCROP_ORDER = tuple(
 ENCODED_INPUT = "encoded"
 
 
-@pipeline_def
+@pipeline_def(enable_conditionals=True)
 def tencrop_pipeline(files=None, labels=None, *, device: str, mean, shard_id: int = 0, num_shards: int = 1,
                      hw_decoder_load: float = 0.65):
     """From a file list (evaluation, sharded, with labels) or, with files=None, from encoded

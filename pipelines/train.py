@@ -12,7 +12,7 @@ from .common import CROP_POSITIONS, CROP_SIZE, decode_and_centre, lighting_mean,
 OFFSETS = [float(k) for k in range(CROP_POSITIONS)]
 
 
-@pipeline_def(enable_checkpointing=True)
+@pipeline_def(enable_checkpointing=True, enable_conditionals=True)
 def training_pipeline(files, labels, *, device: str, mean, eigval, eigvec, lighting: float = 0.1,
                       shard_id: int = 0, num_shards: int = 1, shuffle_seed: int = 0,
                       hw_decoder_load: float = 0.65, debug: bool = False):

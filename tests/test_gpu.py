@@ -17,7 +17,7 @@ MEAN = (0.45, 0.5, 0.55)
 def images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gpu")
     return [str(write_image(folder / f"{i}.jpg", w, h, seed=i))
-            for i, (w, h) in enumerate([(500, 375), (375, 500), (256, 300), (640, 480)])]
+            for i, (w, h) in enumerate([(500, 375), (375, 500), (256, 300), (1200, 896)])]  # bilinear, copy, antialiased
 
 
 def test_gpu_evaluation_pipeline_matches_the_cpu_one(images):

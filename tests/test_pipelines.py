@@ -5,10 +5,11 @@ import pytest
 
 from alexnet_dali.pipelines import evaluation_pipeline, training_pipeline
 from alexnet_dali.pipelines.common import decode_and_centre
-from conftest import write_image
+from conftest import smooth_image, write_image
 from pipeline_helpers import IDENTITY_PCA, crop_reference, pil_centre_256, run_batches
 
-SIZES = [(500, 375), (375, 500), (640, 480), (300, 300), (200, 150), (257, 256), (256, 320)]
+# shrink factors 1.46, 1.46, 1.88, 2, 3.5 (antialiased), 1.17; 0.59 (enlarged); 1 and 1 (copied)
+SIZES = [(500, 375), (375, 500), (640, 480), (512, 700), (1200, 896), (300, 300), (200, 150), (257, 256), (256, 320)]
 MEAN = (0.45, 0.5, 0.55)
 MEAN255 = tuple(255 * m for m in MEAN)
 
@@ -29,7 +30,7 @@ def mixed_images(tmp_path_factory):
 def test_decode_and_centre_matches_pil(mixed_images):
     from nvidia.dali import fn, pipeline_def
 
-    @pipeline_def(batch_size=len(mixed_images), num_threads=2, device_id=None)
+    @pipeline_def(batch_size=len(mixed_images), num_threads=2, device_id=None, enable_conditionals=True)
     def pipe():
         encoded, _ = fn.readers.file(files=mixed_images, labels=[0] * len(mixed_images))
         return decode_and_centre(encoded, "cpu")
@@ -45,13 +46,74 @@ def test_decode_and_centre_matches_pil(mixed_images):
         assert difference.max() <= 1, path  # one grey level: rounding of two bilinear resamplers
 
 
+def numpy_bilinear(source: np.ndarray, top: float, left: float, step: float, out: int) -> np.ndarray:
+    """Reference: bilinear interpolation of `source` at the pixel centres of an out×out grid
+    `step` source pixels apart from the corner point (top, left); edges repeat the border pixel."""
+    centres = (np.arange(out) + 0.5) * step - 0.5
+    rows = np.clip(centres + top, 0, source.shape[0] - 1)
+    cols = np.clip(centres + left, 0, source.shape[1] - 1)
+    r0, c0 = np.floor(rows).astype(int), np.floor(cols).astype(int)
+    r1, c1 = np.minimum(r0 + 1, source.shape[0] - 1), np.minimum(c0 + 1, source.shape[1] - 1)
+    dr, dc = (rows - r0)[:, None, None], (cols - c0)[None, :, None]
+    s = source.astype(np.float64)
+    return ((s[r0][:, c0] * (1 - dc) + s[r0][:, c1] * dc) * (1 - dr)
+            + (s[r1][:, c0] * (1 - dc) + s[r1][:, c1] * dc) * dr)
+
+
+@pytest.mark.parametrize("branch", ["cpu", "gpu"])  # the operator each device's bilinear branch uses
+@pytest.mark.parametrize("top, left, step", [(10.25, 60.5, 1.4609375), (0.0, 0.0, 2.0), (-0.3, 5.0, 0.75)])
+def test_bilinear_resampling_equals_the_numpy_formula(tmp_path, branch, top, left, step):
+    """White noise (every pixel independent, lossless PNG): any error in the sample positions, the
+    weights or the edge handling shows. The GPU branch's operator runs here on the CPU backend."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from alexnet_dali.pipelines.common import decode, resample
+
+    noise = np.random.default_rng(0).integers(0, 256, size=(375, 500, 3), dtype=np.uint8)
+    path = str(write_image(tmp_path / "noise.png", 500, 375, array=noise))
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None, enable_conditionals=True)
+    def pipe():
+        encoded, _ = fn.readers.file(files=[path])
+        node = lambda value: fn.constant(fdata=value, shape=[], dtype=types.FLOAT)  # noqa: E731
+        return resample(decode(encoded, "cpu"), branch, node(top), node(left), node(step), 224)
+
+    (images,) = run_batches(pipe(), 1)
+    difference = np.abs(images[0] - numpy_bilinear(noise, top, left, step, 224))
+    assert difference.max() <= 0.5 + 1e-6  # rounding to uint8 only
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])  # rotated 180°, 90° clockwise, 90° anticlockwise
+def test_exif_orientation_is_applied_before_the_centre_crop(tmp_path, orientation):
+    """A phone photo stored sideways: the centre square, the window and the decoded region are all
+    taken from the upright image."""
+    from nvidia.dali import fn, pipeline_def
+    from PIL import Image
+
+    path, unrotated = tmp_path / "sideways.jpg", tmp_path / "unrotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(smooth_image(640, 400, seed=4)).save(path, quality=95, exif=exif)
+    Image.fromarray(smooth_image(640, 400, seed=4)).save(unrotated, quality=95)
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None, enable_conditionals=True)
+    def pipe():
+        encoded, _ = fn.readers.file(files=[str(path)])
+        return decode_and_centre(encoded, "cpu")
+
+    (images,) = run_batches(pipe(), 1)
+    reference = pil_centre_256(path)
+    assert np.abs(images[0] - reference).max() <= 1
+    assert np.abs(images[0] - pil_centre_256(unrotated)).mean() > 10  # an ignored orientation would show
+
+
 def test_short_side_256_is_copied_exactly(tmp_path):
     from nvidia.dali import fn, pipeline_def
 
     files = [str(write_image(tmp_path / "wide.png", 301, 256, seed=1)),
              str(write_image(tmp_path / "tall.png", 256, 290, seed=2))]
 
-    @pipeline_def(batch_size=2, num_threads=1, device_id=None)
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None, enable_conditionals=True)
     def pipe():
         encoded, _ = fn.readers.file(files=files, labels=[0, 0])
         return decode_and_centre(encoded, "cpu")
