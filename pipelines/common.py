@@ -35,6 +35,12 @@ def read_files(files, labels, *, shard_id: int, num_shards: int, shuffle: bool, 
     )
 
 
+def on_device(labels, device: str):
+    """Labels next to the images (DALI copies them to the GPU in the pipeline), so the training
+    loop needs no per-batch host-to-device copy and the loss sees one device."""
+    return labels.gpu() if device == "gpu" else labels
+
+
 def decode(encoded, device: str, hw_decoder_load: float = 0.65):
     """JPEG/PNG/... -> RGB uint8 HWC, on the CPU (libjpeg-turbo) or the GPU (nvJPEG + hardware decoder)."""
     if device == "gpu":

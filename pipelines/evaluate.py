@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nvidia.dali import pipeline_def
 
-from .common import decode_and_centre, normalised_crop, output_layout, read_files
+from .common import decode_and_centre, normalised_crop, on_device, output_layout, read_files
 
 
 @pipeline_def(enable_checkpointing=True, enable_conditionals=True)
@@ -13,4 +13,4 @@ def evaluation_pipeline(files, labels, *, device: str, mean, shard_id: int = 0, 
     encoded, label = read_files(files, labels, shard_id=shard_id, num_shards=num_shards, shuffle=False)
     images = decode_and_centre(encoded, device, hw_decoder_load=hw_decoder_load)
     mean255 = [255.0 * float(m) for m in mean]
-    return normalised_crop(images, mean=mean255, layout=output_layout(device)), label
+    return normalised_crop(images, mean=mean255, layout=output_layout(device)), on_device(label, device)

@@ -7,7 +7,7 @@ import nvidia.dali.fn as fn
 import nvidia.dali.types as types
 from nvidia.dali import pipeline_def
 
-from .common import decode_and_centre, normalised_crop, output_layout, read_files
+from .common import decode_and_centre, normalised_crop, on_device, output_layout, read_files
 
 # (name, crop_pos_x, crop_pos_y, mirrored) in output order; anchors are crop_pos · 32 pixels.
 TENCROP_ORDER = tuple(
@@ -35,4 +35,4 @@ def tencrop_pipeline(files=None, labels=None, *, device: str, mean, shard_id: in
     views = [normalised_crop(images, mean=mean255, crop_pos_x=x, crop_pos_y=y, mirror=m, layout=layout)
              for _, x, y, m in TENCROP_ORDER]
     crops = fn.stack(*views, axis=0)
-    return crops if label is None else (crops, label)
+    return crops if label is None else (crops, on_device(label, device))

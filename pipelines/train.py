@@ -5,7 +5,8 @@ from __future__ import annotations
 import nvidia.dali.fn as fn
 from nvidia.dali import pipeline_def
 
-from .common import CROP_POSITIONS, CROP_SIZE, decode_and_centre, lighting_mean, normalised_crop, output_layout, read_files
+from .common import (CROP_POSITIONS, CROP_SIZE, decode_and_centre, lighting_mean, normalised_crop, on_device,
+                     output_layout, read_files)
 
 # The window's offset k in the centre 256×256, in pixels: every value 0..32 equally likely, so the
 # window always lies inside the square.
@@ -35,5 +36,5 @@ def training_pipeline(files, labels, *, device: str, mean, eigval, eigvec, light
     if debug:
         if isinstance(mean_per_image, list):  # lighting off: make the constant an operator output
             mean_per_image = fn.constant(fdata=mean_per_image, shape=[3])
-        return images, label, crop_x, crop_y, flip, mean_per_image
-    return images, label
+        return images, on_device(label, device), crop_x, crop_y, flip, mean_per_image
+    return images, on_device(label, device)
