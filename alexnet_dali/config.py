@@ -53,6 +53,8 @@ class TrainConfig:
     # Input pipeline
     dali_threads: int = _opt(0, "DALI CPU worker threads per process (0: chosen for the machine)")
     prefetch: int = _opt(2, "batches DALI prepares ahead of the model")
+    hw_decoder_load: float = _opt(0.65, "GPU: share of the JPEGs sent to the hardware decoder (A100, H100; the "
+                                        "rest go to nvJPEG on the CUDA cores); benchmarks/pipeline.py measures it")
 
     def __post_init__(self):
         check_types(self)
@@ -72,6 +74,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must not be negative, got {value}")
         if self.groups not in (1, 2):
             raise ConfigError(f"groups must be 1 or 2, got {self.groups}")
+        if not 0.0 <= self.hw_decoder_load <= 1.0:
+            raise ConfigError(f"hw_decoder_load must be in [0, 1], got {self.hw_decoder_load}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 

@@ -290,7 +290,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
         model = DistributedDataParallel(raw_model, device_ids=[dist_info.local_rank] if dist_info.device.type == "cuda" else None)
 
     settings = LoaderSettings(per_process, dali_threads(config.dali_threads, dist_info), config.prefetch,
-                              config.seed, config.lighting)
+                              config.seed, config.lighting, config.hw_decoder_load)
     train_loader = training_loader(train_split, pca, settings, dist_info, state=rank_state and rank_state["dali"])
     val_loader = evaluation_loader(val_split, pca, settings, dist_info)
     writer = None

@@ -11,9 +11,15 @@
 Every CPU row uses all the cores (DALI threads = DataLoader workers = cores).
 
     python benchmarks/pipeline.py [--device cpu|gpu|all] [--data DIR] [--images N] [--batch-size B] [--json PATH]
+                                  [--hw-decoder-load 0,0.5,0.65,0.8,1]
+
+Several --hw-decoder-load values give one dali-gpu and one dali-gpu-decode row each, named
+dali-gpu[hw=X]: the sweep that picks the trainer's --hw-decoder-load for a GPU.
 """
 
 from __future__ import annotations
+
+import argparse
 
 import numpy as np
 import torch
@@ -31,7 +37,8 @@ EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6
 
 # -- DALI ------------------------------------------------------------------------------------
 
-def dali_loader(files, device: str, batch_size: int, threads: int, decode_only: bool, lighting: float = 0.1):
+def dali_loader(files, device: str, batch_size: int, threads: int, decode_only: bool, lighting: float = 0.1,
+                hw_decoder_load: float = 0.65):
     import nvidia.dali.fn as fn
     from nvidia.dali import pipeline_def
     from nvidia.dali.plugin.pytorch import LastBatchPolicy
@@ -47,13 +54,13 @@ def dali_loader(files, device: str, batch_size: int, threads: int, decode_only: 
         def decoding():
             encoded, label = fn.readers.file(files=files, labels=labels, name=READER_NAME, pad_last_batch=True)
             # a 1×1 crop so the iterator copies nothing: the time is the decoder's
-            return fn.crop(decode(encoded, device), crop=(1, 1)), label
+            return fn.crop(decode(encoded, device, hw_decoder_load), crop=(1, 1)), label
 
         pipe = decoding()
     else:
         pipe = training_pipeline(files, labels, device=device, mean=MEAN, eigval=EIGVAL, eigvec=EIGVEC, lighting=lighting,
-                                 batch_size=batch_size, num_threads=threads, device_id=device_id,
-                                 prefetch_queue_depth=2, seed=1)
+                                 hw_decoder_load=hw_decoder_load, batch_size=batch_size, num_threads=threads,
+                                 device_id=device_id, prefetch_queue_depth=2, seed=1)
     pipe.build()
     return DaliLoader(pipe, LastBatchPolicy.FILL)
 
@@ -109,10 +116,20 @@ def pil_loader(files, batch_size: int, workers: int, decode_only: bool):
                       worker_init_fn=lambda worker: np.random.seed(1234 + worker))
 
 
+def hw_loads(text: str) -> list[float]:
+    loads = [float(value) for value in text.split(",")]
+    if not all(0.0 <= load <= 1.0 for load in loads):
+        raise argparse.ArgumentTypeError(f"every hw_decoder_load must be in [0, 1], got {text}")
+    return loads
+
+
 # -- run ---------------------------------------------------------------------------------------
 
 def main(argv=None):
-    args = base_parser(__doc__.split("\n\n")[0]).parse_args(argv)
+    parser = base_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--hw-decoder-load", type=hw_loads, default=[0.65],
+                        help="GPU rows: comma-separated shares of JPEGs for the hardware decoder (default: 0.65)")
+    args = parser.parse_args(argv)
     files = data_files(args)
     cores = cpu_count()
     n = len(files)
@@ -128,11 +145,15 @@ def main(argv=None):
             add(f"dali-cpu{suffix}", "cpu", dali_loader(files, "cpu", args.batch_size, cores, decode_only), kind)
             add(f"pil-dataloader{suffix}", "cpu", pil_loader(files, args.batch_size, cores, decode_only), kind)
         if wants(args, "gpu"):
-            add(f"dali-gpu{suffix}", "gpu", dali_loader(files, "gpu", args.batch_size, cores, decode_only), kind)
+            for load in args.hw_decoder_load:
+                tag = f"[hw={load:g}]" if len(args.hw_decoder_load) > 1 else ""
+                add(f"dali-gpu{suffix}{tag}", "gpu",
+                    dali_loader(files, "gpu", args.batch_size, cores, decode_only, hw_decoder_load=load), kind)
     for device in ("cpu", "gpu"):
         if wants(args, device):
             add(f"dali-{device}-no-lighting", device,
-                dali_loader(files, device, args.batch_size, cores, False, lighting=0.0), "training pipeline")
+                dali_loader(files, device, args.batch_size, cores, False, lighting=0.0,
+                            hw_decoder_load=args.hw_decoder_load[0]), "training pipeline")
             run = pca_pass(files, device, args.batch_size, cores)
             rows.append({"name": f"dali-{device}-pca-stats", "device": device, "kind": "statistics pass",
                          "threads": cores, **timed(run, n, args.trials, warmup=run)})

@@ -29,6 +29,13 @@ def check_rows(report, names):
         assert row["device"] == "cpu" and row["images_per_sec"] > 0 and len(row["trials"]) == 1
 
 
+def test_pipeline_benchmark_checks_the_hw_decoder_sweep_before_running(tmp_path):
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "pipeline.py"), "--hw-decoder-load", "0,0.5,1.5"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "every hw_decoder_load must be in [0, 1], got 0,0.5,1.5" in result.stderr
+
+
 def test_pipeline_benchmark(tmp_path):
     report, stdout = run_benchmark("pipeline", tmp_path, "--images", 16, "--batch-size", 8)
     check_rows(report, ["dali-cpu", "pil-dataloader", "dali-cpu-decode", "pil-dataloader-decode",

@@ -116,6 +116,8 @@ def test_config_rejects_unknown_keys_and_wrong_types():
         TrainConfig(batch_size="128")
     with pytest.raises(ConfigError, match="lr must be positive"):
         TrainConfig(lr=0.0)
+    with pytest.raises(ConfigError, match=r"hw_decoder_load must be in \[0, 1\], got 1.5"):
+        TrainConfig(hw_decoder_load=1.5)
 
 
 def test_cli_help_lists_every_verb():
