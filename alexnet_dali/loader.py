@@ -31,13 +31,21 @@ def cores_per_process(dist_info: DistInfo) -> int:
     return max(1, cpu_count() // max(1, dist_info.local_world_size))
 
 
+# On a GPU the CPU threads only feed the decoders (nvJPEG's Huffman stage for the images the
+# hardware decoder does not take), and each reserves decoder buffers (pipelines/common.py: about
+# 200 MiB of GPU and 270 MiB of pinned memory), so their number is capped.
+MAX_GPU_PIPELINE_THREADS = 8
+
+
 def dali_threads(requested: int, dist_info: DistInfo) -> int:
     """DALI worker threads per process while training: the request, or this process's share of
     the cores. On a CPU-only machine the model needs the cores too, so DALI gets half of them."""
     if requested > 0:
         return requested
     share = cores_per_process(dist_info)
-    return max(1, share // 2) if dist_info.dali_device == "cpu" else max(2, share - 1)
+    if dist_info.dali_device == "cpu":
+        return max(1, share // 2)
+    return min(MAX_GPU_PIPELINE_THREADS, max(2, share - 1))
 
 
 def derived_seed(seed: int, *stream: int) -> int:

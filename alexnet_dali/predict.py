@@ -21,7 +21,7 @@ from torch import nn
 from .checkpoint import load_checkpoint
 from .data import DataError, Problem, is_image_name
 from .distributed import resolve_device
-from .loader import cpu_count
+from .loader import MAX_GPU_PIPELINE_THREADS, cpu_count
 from .model import AlexNetModule
 from .pca import PCA
 from .scan import diagnose_bytes
@@ -63,13 +63,15 @@ class Predictor:
         self.kind = resolve_device(device)
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.kind == "gpu" else torch.device("cpu")
         self.net = net.to(self.device).eval()
-        # bf16 autocast and channels_last: the usual winners on tensor-core GPUs; plain fp32 on the CPU.
+        # bf16 autocast: the usual winner on tensor-core GPUs; plain fp32 on the CPU. On the GPU the
+        # crops arrive NHWC, so the model is channels_last whatever the precision.
         self.fast = self.kind == "gpu" if fast is None else fast
-        if self.fast and self.kind == "gpu":
+        if self.kind == "gpu":
             self.net = self.net.to(memory_format=torch.channels_last)
         self.pca, self.classes = pca, tuple(classes)
         self.batch_size = batch_size
-        self.num_threads = num_threads or max(1, cpu_count())
+        self.num_threads = num_threads or (min(MAX_GPU_PIPELINE_THREADS, cpu_count()) if self.kind == "gpu"
+                                            else cpu_count())
         self._pipe = None
 
     @classmethod
@@ -109,7 +111,12 @@ class Predictor:
                             "images that cannot be decoded") from None
         tensor = output.as_tensor()
         crops = torch.empty(tensor.shape(), dtype=torch.float32, device=self.device)
-        feed_ndarray(tensor, crops, cuda_stream=torch.cuda.current_stream() if self.kind == "gpu" else None)
+        if self.kind == "gpu":
+            stream = torch.cuda.current_stream()
+            feed_ndarray(tensor, crops, cuda_stream=stream)
+            stream.synchronize()  # the next run() reuses DALI's buffer: the copy must be done by then
+        else:
+            feed_ndarray(tensor, crops)
         return crops
 
     @torch.inference_mode()

@@ -32,6 +32,9 @@ from .pca import PCA
 from .prepare import PreparedData, prepare_data
 from .visualize import log_sample_grid
 
+# Steps between the loop's host-device syncs (the progress bar's numbers; under DDP, the ranks'
+# agreement on signals and checkpoints): a sync every step would stall the GPU's queue.
+SYNC_EVERY = 10
 HISTORY_KEYS = ("loss", "accuracy", "top5", "val_loss", "val_accuracy", "val_top5", "lr", "images_per_sec")
 
 
@@ -63,7 +66,7 @@ def batch_counts(logits: torch.Tensor, labels: torch.Tensor, loss_sum: torch.Ten
     top = logits.topk(k, dim=1).indices
     hits = top.eq(labels.view(-1, 1))
     return torch.stack([loss_sum.detach().double(), hits[:, 0].sum().double(), hits.any(dim=1).sum().double(),
-                        torch.tensor(float(labels.numel()), dtype=torch.float64, device=logits.device)])
+                        torch.full((), float(labels.numel()), dtype=torch.float64, device=logits.device)])
 
 
 def rates(totals: torch.Tensor) -> tuple[float, float, float]:
@@ -75,8 +78,9 @@ def rates(totals: torch.Tensor) -> tuple[float, float, float]:
 # -- Signals and mid-epoch checkpoints -------------------------------------------------------
 
 class StepControl:
-    """After each step: should we checkpoint now, should we stop? Every rank must agree, so the
-    flags are all-reduced (max) each step under DDP: one tiny collective."""
+    """After a step: should we checkpoint now, should we stop? Every rank must agree, so under DDP
+    the flags are all-reduced (max) every SYNC_EVERY steps and at the epoch's last step: every rank
+    is at the same step, so all take part or none. A signal is acted on within SYNC_EVERY steps."""
 
     def __init__(self, checkpoint_every_min: float, dist_info: DistInfo):
         self.interval = checkpoint_every_min * 60.0
@@ -100,10 +104,12 @@ class StepControl:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
         self.signum = signum  # acted on after the current step
 
-    def poll(self) -> tuple[bool, int]:
+    def poll(self, step: int, epoch_steps: int) -> tuple[bool, int]:
         due = self.interval > 0 and time.monotonic() - self.last_checkpoint >= self.interval
         if not self.dist_info.distributed:  # nothing to agree on: no tensor, no device sync
             return due or bool(self.signum), self.signum
+        if step % SYNC_EVERY and step != epoch_steps:
+            return False, 0
         flags = torch.tensor([float(due), float(self.signum)], device=self.dist_info.device)
         due, signum = distributed.all_reduce_max(flags).tolist()
         return bool(due) or bool(signum), int(signum)
@@ -144,10 +150,10 @@ def train_one_epoch(model, criterion, optimizer, loader, progress: EpochProgress
         progress.totals += batch_counts(logits, labels, loss.detach() * labels.numel())
         progress.step += 1
         bar.update(1)
-        if progress.step % 10 == 0 or progress.step == len(loader):
+        if progress.step % SYNC_EVERY == 0 or progress.step == len(loader):
             elapsed = progress.seconds + time.perf_counter() - start
             bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{progress.totals[3].item() / elapsed:.1f}")
-        save_now, signum = control.poll()
+        save_now, signum = control.poll(progress.step, len(loader))
         if save_now:
             on_checkpoint(progress, progress.seconds + time.perf_counter() - start)
             control.checkpointed()

@@ -20,12 +20,14 @@ dali-gpu[hw=X]: the sweep that picks the trainer's --hw-decoder-load for a GPU.
 from __future__ import annotations
 
 import argparse
+import gc
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from alexnet_dali.loader import MAX_GPU_PIPELINE_THREADS
 from common import base_parser, cpu_count, data_files, report, timed, wants
 
 # ImageNet's RGB statistics in [0, 1] units (the values fb.resnet.torch published): any plausible
@@ -132,31 +134,36 @@ def main(argv=None):
     args = parser.parse_args(argv)
     files = data_files(args)
     cores = cpu_count()
+    # all the cores on the CPU; on the GPU the trainer's cap (the threads only feed the decoders)
+    threads = {"cpu": cores, "gpu": min(cores, MAX_GPU_PIPELINE_THREADS)}
     n = len(files)
     rows = []
 
     def add(name, device, loader, kind):
         result = timed(lambda: drain(loader, device), n, args.trials, warmup=lambda: drain(loader, device))
-        rows.append({"name": name, "device": device, "kind": kind, "threads": cores, **result})
+        rows.append({"name": name, "device": device, "kind": kind, "threads": threads[device], **result})
+        gc.collect()  # earlier rows' pipelines (reference cycles) free their decoder buffers only here
 
     for decode_only, suffix in ((False, ""), (True, "-decode")):
         kind = "decode" if decode_only else "training pipeline"
         if wants(args, "cpu"):
-            add(f"dali-cpu{suffix}", "cpu", dali_loader(files, "cpu", args.batch_size, cores, decode_only), kind)
+            add(f"dali-cpu{suffix}", "cpu", dali_loader(files, "cpu", args.batch_size, threads["cpu"], decode_only),
+                kind)
             add(f"pil-dataloader{suffix}", "cpu", pil_loader(files, args.batch_size, cores, decode_only), kind)
         if wants(args, "gpu"):
             for load in args.hw_decoder_load:
                 tag = f"[hw={load:g}]" if len(args.hw_decoder_load) > 1 else ""
                 add(f"dali-gpu{suffix}{tag}", "gpu",
-                    dali_loader(files, "gpu", args.batch_size, cores, decode_only, hw_decoder_load=load), kind)
+                    dali_loader(files, "gpu", args.batch_size, threads["gpu"], decode_only, hw_decoder_load=load),
+                    kind)
     for device in ("cpu", "gpu"):
         if wants(args, device):
             add(f"dali-{device}-no-lighting", device,
-                dali_loader(files, device, args.batch_size, cores, False, lighting=0.0,
+                dali_loader(files, device, args.batch_size, threads[device], False, lighting=0.0,
                             hw_decoder_load=args.hw_decoder_load[0]), "training pipeline")
-            run = pca_pass(files, device, args.batch_size, cores)
+            run = pca_pass(files, device, args.batch_size, threads[device])
             rows.append({"name": f"dali-{device}-pca-stats", "device": device, "kind": "statistics pass",
-                         "threads": cores, **timed(run, n, args.trials, warmup=run)})
+                         "threads": threads[device], **timed(run, n, args.trials, warmup=run)})
     by_name = {r["name"]: r["images_per_sec"] for r in rows}
     notes = []
     if "dali-cpu" in by_name and "pil-dataloader" in by_name:

@@ -14,7 +14,8 @@ CROP_SIZE = 224  # section 4.1: random 224×224 patches of the 256×256 image
 CROP_POSITIONS = SCALE_SIZE - CROP_SIZE + 1  # 33 offsets (0..32) per axis
 
 # Buffers the mixed decoder pre-allocates so it does not grow them batch by batch (the values of
-# NVIDIA's ImageNet examples).
+# NVIDIA's ImageNet examples), per CPU thread: one device buffer and two pinned host buffers
+# (hence loader.MAX_GPU_PIPELINE_THREADS).
 DEVICE_MEMORY_PADDING = 211025920
 HOST_MEMORY_PADDING = 140544512
 

@@ -174,6 +174,31 @@ def test_batch_size_is_global_unless_per_gpu():
         batch_plan(config.replace(batch_size=100), 3)
 
 
+def test_dali_threads_share_the_cores_and_cap_gpu_pipelines(monkeypatch):
+    import alexnet_dali.loader as loader
+    from alexnet_dali.distributed import DistInfo
+
+    monkeypatch.setattr(loader, "cpu_count", lambda: 64)
+    cpu = DistInfo(0, 0, 1, 4, torch.device("cpu"))  # 4 processes on a 64-core node: 16 cores each
+    gpu = DistInfo(0, 0, 1, 4, torch.device("cuda", 0))
+    assert loader.dali_threads(0, cpu) == 8  # half: the model needs the cores too
+    assert loader.dali_threads(0, gpu) == loader.MAX_GPU_PIPELINE_THREADS == 8  # not 15
+    assert loader.dali_threads(0, DistInfo(0, 0, 1, 16, torch.device("cuda", 0))) == 3  # 4 cores, one for torch
+    assert loader.dali_threads(5, gpu) == 5  # asked for
+
+
+def test_ranks_agree_on_a_signal_only_one_of_them_received(tmp_path):
+    """Rank 1 alone gets SIGTERM at step 3; both stop together at the next agreed step (10), and
+    at the epoch's last step (25), never in between: no rank leaves the other in a collective."""
+    from alexnet_dali.train import SYNC_EVERY
+
+    result = torchrun(HERE / "poll_driver.py", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stops = [json.loads((tmp_path / f"stops-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert SYNC_EVERY == 10
+    assert stops == [[[10, 15], [20, 15], [25, 15]]] * 2
+
+
 def worker_pids(agent_pid: int) -> list[int]:
     children = Path(f"/proc/{agent_pid}/task/{agent_pid}/children")
     return [int(p) for p in children.read_text().split()] if children.exists() else []

@@ -48,6 +48,35 @@ def test_gpu_training_pipeline_crops_flips_and_lights(images):
     assert all(0 <= x <= 32 and x.is_integer() for x in xs)
 
 
+def test_gpu_training_crops_equal_the_cpu_ones_for_the_same_seed(images):
+    """Every random operator runs on the CPU, so one seed gives the same windows and flips on both
+    devices; only the decoders' rounding differs."""
+    results = {}
+    for device in ("cpu", "gpu"):
+        pipe = training_pipeline(images, list(range(4)), device=device, mean=MEAN, lighting=0.0, batch_size=4,
+                                 num_threads=2, device_id=0 if device == "gpu" else None, debug=True, seed=11,
+                                 **IDENTITY_PCA)
+        pipe.build()
+        out = pipe.run()
+        crops = out[0].as_cpu() if device == "gpu" else out[0]
+        results[device] = (np.stack([np.array(crops[i]) for i in range(4)]),
+                           [(float(np.array(out[2][i])), float(np.array(out[3][i])), int(np.array(out[4][i])))
+                            for i in range(4)])
+    assert results["gpu"][1] == results["cpu"][1]  # the same windows and flips
+    gpu = results["gpu"][0].transpose(0, 3, 1, 2)
+    assert np.abs(gpu - results["cpu"][0]).mean() < 1.0
+    assert np.abs(gpu - results["cpu"][0]).max() <= 12
+
+
+def test_gpu_pca_pass_matches_the_cpu_one(images):
+    from alexnet_dali.pca import compute_pca
+
+    cpu = compute_pca(images, device="cpu", batch_size=4)
+    gpu = compute_pca(images, device="gpu", device_id=0, batch_size=4)
+    np.testing.assert_allclose(gpu.mean, cpu.mean, atol=2 / 255)  # decoders differ by a grey level or so
+    np.testing.assert_allclose(gpu.eigval, cpu.eigval, rtol=0.05, atol=1e-4)
+
+
 def test_gpu_training_run_and_ten_crop_prediction(tmp_path):
     from alexnet_dali.config import TrainConfig
     from alexnet_dali.predict import Predictor
