@@ -35,6 +35,7 @@ from .visualize import log_sample_grid
 # Steps between the loop's host-device syncs (the progress bar's numbers; under DDP, the ranks'
 # agreement on signals and checkpoints): a sync every step would stall the GPU's queue.
 SYNC_EVERY = 10
+
 HISTORY_KEYS = ("loss", "accuracy", "top5", "val_loss", "val_accuracy", "val_top5", "lr", "images_per_sec")
 
 

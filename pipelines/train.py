@@ -33,8 +33,9 @@ def training_pipeline(files, labels, *, device: str, mean, eigval, eigvec, light
     flip = fn.random.coin_flip(probability=0.5)
     mean_per_image = lighting_mean(mean, eigval, eigvec, lighting)
     images = normalised_crop(images, mean=mean_per_image, mirror=flip, layout=output_layout(device), crop=False)
+    label = on_device(label, device)
     if debug:
         if isinstance(mean_per_image, list):  # lighting off: make the constant an operator output
             mean_per_image = fn.constant(fdata=mean_per_image, shape=[3])
-        return images, on_device(label, device), crop_x, crop_y, flip, mean_per_image
-    return images, on_device(label, device)
+        return images, label, crop_x, crop_y, flip, mean_per_image
+    return images, label
