@@ -17,6 +17,9 @@ def _opt(default, help: str, **extra):
     return field(default=default, metadata={"help": help, **extra})
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # Data
@@ -47,6 +50,8 @@ class TrainConfig:
     # Model and augmentation
     groups: int = _opt(1, "1: one tower; 2: the paper's two-tower connectivity in conv2/4/5")
     dropout: float = _opt(0.5, "dropout probability in fc6 and fc7")
+    precision: str = _opt("fp32", "fp32 | bf16: bf16 autocast for the forward pass and loss (weights, gradients "
+                                  "and SGD stay fp32); benchmarks/train.py measures both")
     lighting: float = _opt(0.1, "std of the PCA lighting coefficients alpha (0 disables)")
     pca_images: int = _opt(10000, "images sampled for the RGB PCA (0: every training image)")
 
@@ -72,6 +77,8 @@ class TrainConfig:
         for name, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"{name} must not be negative, got {value}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be {' or '.join(PRECISIONS)}, got {self.precision!r}")
         if self.groups not in (1, 2):
             raise ConfigError(f"groups must be 1 or 2, got {self.groups}")
         if not 0.0 <= self.hw_decoder_load <= 1.0:

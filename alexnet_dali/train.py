@@ -134,8 +134,13 @@ class EpochProgress:
         return cls(torch.zeros(4, dtype=torch.float64, device=device))
 
 
+def autocast(images: torch.Tensor, precision: str):
+    """bf16 autocast (fp32 weights, bf16 matmuls and convolutions), or nothing for fp32."""
+    return torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def train_one_epoch(model, criterion, optimizer, loader, progress: EpochProgress, *, control: StepControl,
-                    on_checkpoint, bar, on_first_batch=None) -> int:
+                    on_checkpoint, bar, on_first_batch=None, precision: str = "fp32") -> int:
     """Train over the rest of one epoch. Returns 0, or the signal that stopped it early."""
     model.train()
     start = time.perf_counter()
@@ -143,8 +148,9 @@ def train_one_epoch(model, criterion, optimizer, loader, progress: EpochProgress
         if on_first_batch is not None:  # the TensorBoard sample grid: the inputs as the network sees them
             on_first_batch(images)
             on_first_batch = None
-        logits = model(images)
-        loss = criterion(logits, labels)
+        with autocast(images, precision):
+            logits = model(images)
+            loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -165,14 +171,17 @@ def train_one_epoch(model, criterion, optimizer, loader, progress: EpochProgress
 
 
 @torch.inference_mode()
-def evaluate(model, loader, dist_info: DistInfo, expected: int | None = None) -> tuple[float, float, float]:
+def evaluate(model, loader, dist_info: DistInfo, expected: int | None = None,
+             precision: str = "fp32") -> tuple[float, float, float]:
     """Validation loss, top-1 and top-5 accuracy over the whole set: counts summed over ranks."""
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     totals = torch.zeros(4, dtype=torch.float64, device=dist_info.device)
     for images, labels in loader:
-        logits = model(images)
-        totals += batch_counts(logits, labels, criterion(logits, labels))
+        with autocast(images, precision):
+            logits = model(images)
+            loss_sum = criterion(logits, labels)
+        totals += batch_counts(logits, labels, loss_sum)
     distributed.all_reduce_sum(totals)
     if expected is not None and int(totals[3].item()) != expected:
         warnings.warn(f"validation counted {int(totals[3].item())} images, the split has {expected}", stacklevel=2)
@@ -346,14 +355,15 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
                                      control=control, bar=bar,
                                      on_first_batch=(lambda images: log_sample_grid(writer, images, pca.mean, epoch))
                                      if writer is not None and epoch == 0 else None,
-                                     on_checkpoint=lambda p, s: checkpoint(epoch, p, s))
+                                     on_checkpoint=lambda p, s: checkpoint(epoch, p, s), precision=config.precision)
             bar.close()
             if signum:
                 raise TrainingInterrupted(signum, out / LAST, epoch, progress.step)
             totals = distributed.all_reduce_sum(progress.totals.clone())
             loss, top1, top5 = rates(totals)
             images_per_sec = totals[3].item() / max(progress.seconds, 1e-9)
-            val_loss, val_top1, val_top5 = evaluate(raw_model, val_loader, dist_info, expected=len(val_split))
+            val_loss, val_top1, val_top5 = evaluate(raw_model, val_loader, dist_info, expected=len(val_split),
+                                                  precision=config.precision)
             scheduler.step(1.0 - val_top1)  # section 5: lr / 10 when the validation error stops improving
             metrics = dict(zip(HISTORY_KEYS, (loss, top1, top5, val_loss, val_top1, val_top5, lr_now, images_per_sec)))
             for key, value in metrics.items():

@@ -7,8 +7,6 @@ On a GPU the rows repeat for fp32, bf16 autocast, channels_last and torch.compil
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
@@ -19,18 +17,21 @@ EIGVAL = (0.2175, 0.0188, 0.0045)
 EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 CLASSES = 1000
 
-# (name, bf16 autocast, channels_last model, torch.compile). fp32+channels_last is what
-# `alexnet-dali train` runs on a GPU.
+# (name, bf16 autocast, channels_last model, torch.compile). On a GPU `alexnet-dali train` runs
+# fp32+channels_last, or bf16+channels_last with --precision bf16.
 GPU_VARIANTS = [("fp32", False, False, False), ("fp32+channels_last", False, True, False),
                 ("bf16+channels_last", True, True, False), ("bf16+channels_last+compile", True, True, True)]
 
 
-def make_step(net, optimizer, autocast: bool, device: torch.device):
+def make_step(net, optimizer, bf16: bool):
+    """The trainer's step (alexnet_dali.train.train_one_epoch) without its bookkeeping."""
+    from alexnet_dali.train import autocast
+
     criterion = nn.CrossEntropyLoss()
+    precision = "bf16" if bf16 else "fp32"
 
     def step(images, labels):
-        context = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-        with context:
+        with autocast(images, precision):
             loss = criterion(net(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -108,9 +109,9 @@ def main(argv=None):
         device = torch.device("cuda", 0) if kind == "gpu" else torch.device("cpu")
         loader, dali_threads = loader_for(files, kind, args.batch_size)
         images_per_epoch = len(loader) * args.batch_size
-        for name, autocast, channels_last, compiled in variants:
+        for name, bf16, channels_last, compiled in variants:
             net, optimizer = build(device, channels_last, compiled)
-            step = make_step(net, optimizer, autocast, device)
+            step = make_step(net, optimizer, bf16)
             run, n = model_only(step, device, args.batch_size, images_per_epoch)
             alone = timed(run, n, args.trials, warmup=run)
             fed = timed(end_to_end(step, device, loader), images_per_epoch, args.trials,

@@ -109,6 +109,19 @@ def test_api_fit_returns_the_history_and_continues(tmp_path, original_layout):
     assert any(not torch.equal(before[k], v) for k, v in model.net.state_dict().items())
 
 
+def test_bf16_precision_computes_in_bf16_and_keeps_fp32_weights(tmp_path, original_layout):
+    """The same run (seed, crops, dropout masks) in both precisions: bf16 rounding moves the
+    losses a little, and never to exactly the fp32 values; the weights stay fp32."""
+    quiet = lambda *a: None  # noqa: E731
+    fp32 = train(tiny_config(original_layout, tmp_path / "fp32", epochs=1), log=quiet)
+    bf16 = train(tiny_config(original_layout, tmp_path / "bf16", epochs=1, precision="bf16"), log=quiet)
+    for key in ("loss", "val_loss"):
+        assert bf16.history[key][0] != fp32.history[key][0]
+        assert bf16.history[key][0] == pytest.approx(fp32.history[key][0], rel=0.05)
+    weights = torch.load(bf16.checkpoint, weights_only=True)["model"]
+    assert {tensor.dtype for tensor in weights.values()} == {torch.float32}
+
+
 def test_config_rejects_unknown_keys_and_wrong_types():
     with pytest.raises(ConfigError, match="unknown config keys: colour"):
         TrainConfig.from_dict({"colour": "red"})
@@ -118,6 +131,8 @@ def test_config_rejects_unknown_keys_and_wrong_types():
         TrainConfig(lr=0.0)
     with pytest.raises(ConfigError, match=r"hw_decoder_load must be in \[0, 1\], got 1.5"):
         TrainConfig(hw_decoder_load=1.5)
+    with pytest.raises(ConfigError, match="precision must be fp32 or bf16, got 'fp16'"):
+        TrainConfig(precision="fp16")
 
 
 def test_cli_help_lists_every_verb():
