@@ -11,6 +11,7 @@ import json
 import sys
 import time
 import typing
+import urllib.parse
 from pathlib import Path
 
 from . import __version__
@@ -72,19 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = verbs.add_parser("evaluate", help="top-1 / top-5 accuracy and error of a model on a split")
     evaluate.add_argument("model")
-    evaluate.add_argument("data")
+    evaluate.add_argument("data", help="data root or http(s) URL (the split is downloaded into the cache)")
     evaluate.add_argument("--split", default="val")
     evaluate.add_argument("--ten-crop", action="store_true", help="average ten views per image (the paper's test)")
     evaluate.add_argument("--labels", default=None)
     evaluate.add_argument("--label-encoding", default=None)
+    evaluate.add_argument("--cache-dir", default=None, help=CACHE_HELP)
     evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--json", action="store_true")
 
     check = verbs.add_parser("check", help="does every image decode, is every image labelled?")
-    check.add_argument("data")
+    check.add_argument("data", help="data root or http(s) URL (the splits are downloaded into the cache)")
     check.add_argument("--labels", default=None)
     check.add_argument("--label-encoding", default=None)
+    check.add_argument("--cache-dir", default=None, help=CACHE_HELP)
     check.add_argument("--split", action="append", default=None,
                        help="split to check (repeatable; default: every split folder present)")
     check.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -109,6 +112,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # -- verbs -------------------------------------------------------------------------------------
+
+CACHE_HELP = "where URL data sets are downloaded (default: ~/.cache/alexnet-dali)"
+
+
+def local_data(args, splits) -> tuple[str, str | None, str | None]:
+    """(data root, labels, encoding) on this machine: a URL's splits are downloaded into the cache
+    first (what is not there yet). Progress goes to stderr, so --json output stays clean."""
+    from .remote import fetch_dataset, is_url
+
+    if not is_url(args.data):
+        return args.data, args.labels, args.label_encoding
+    return fetch_dataset(args.data, args.labels, args.label_encoding, cache_dir=args.cache_dir, splits=tuple(splits),
+                         log=lambda *a: print(*a, file=sys.stderr))
+
 
 def run_train(args) -> int:
     from .train import train
@@ -172,7 +189,7 @@ def run_evaluate(args) -> int:
     from .predict import Predictor, evaluate_split
 
     predictor = Predictor.from_checkpoint(args.model, device=args.device, batch_size=args.batch_size)
-    split = index_dataset(args.data, args.labels, args.label_encoding, splits=(args.split,))[args.split]
+    split = index_dataset(*local_data(args, [args.split]), splits=(args.split,))[args.split]
     if tuple(split.classes) != predictor.classes:
         from .data import DataError
 
@@ -191,9 +208,16 @@ def run_evaluate(args) -> int:
 
 
 def run_check(args) -> int:
-    from .check import check_dataset
+    from .check import TRAINING_SPLITS, check_dataset
+    from .remote import is_url
 
-    report = check_dataset(args.data, args.labels, args.label_encoding, splits=args.split, threads=args.threads)
+    # A URL has no folder listing to find its splits in: the ones asked for, or training's.
+    splits = args.split or (list(TRAINING_SPLITS) if is_url(args.data) else None)
+    root, labels, encoding = local_data(args, splits)
+    report = check_dataset(root, labels, encoding, splits=splits, threads=args.threads)
+    if root != args.data:  # name the files by their URLs, not by their places in the cache
+        for problem in report["problems"]:
+            problem["path"] = url_in(args.data, root, problem["path"])
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -206,6 +230,17 @@ def run_check(args) -> int:
         verdict = "all images decode and are labelled" if report["ok"] else f"{len(report['problems'])} problem(s)"
         print(f"checked {sum(report['images'].values())} images ({counts}): {verdict}")
     return 0 if report["ok"] else 1
+
+
+def url_in(url: str, root: str, path: str) -> str:
+    """The URL a file of a downloaded data set came from (root: its folder in the cache)."""
+    for base in (Path(root), Path(root).resolve()):
+        try:
+            relative = Path(path).relative_to(base)
+        except ValueError:
+            continue
+        return (url if url.endswith("/") else url + "/") + urllib.parse.quote(relative.as_posix())
+    return path
 
 
 VERBS = {"demo": run_demo, "train": run_train, "predict": run_predict, "evaluate": run_evaluate, "check": run_check}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import threading
 import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -294,15 +295,37 @@ def test_index_pages_of_nginx_and_apache(page):
     assert folders == ["nested"]
 
 
-def test_cli_trains_from_a_url(tree, tmp_path):
+def test_cli_trains_and_evaluates_from_a_url(tree, tmp_path):
+    labels = ("--labels", str(tree["labels"]), "--label-encoding", str(tree["label_encoding"]))
     with serve(tree["data"]) as (url, _):
         result = run_cli("train", url, "--labels", url + "labels.json", "--label-encoding", url + "label_encoding.json",
                          "--cache-dir", tmp_path / "cache", "--epochs", "1", "--batch-size", "4", "--lr", "0.001",
                          "--out", tmp_path / "run", "--device", "cpu", "--dali-threads", "1", check=True)
-    assert "downloading 12 files" in result.stdout and "epoch 1/1" in result.stdout
-    assert f"tensorboard --logdir {tmp_path / 'run' / 'tensorboard'}" in result.stdout
-    assert (tmp_path / "run" / "last.pt").is_file()
-    assert len(list((tmp_path / "cache").glob("*/train/*.jpg"))) == 8
+        assert "downloading 12 files" in result.stdout and "epoch 1/1" in result.stdout
+        assert f"tensorboard --logdir {tmp_path / 'run' / 'tensorboard'}" in result.stdout
+        assert (tmp_path / "run" / "last.pt").is_file()
+        assert len(list((tmp_path / "cache").glob("*/train/*.jpg"))) == 8
+        remote = run_cli("evaluate", tmp_path / "run" / "last.pt", url, *labels, "--cache-dir", tmp_path / "cache2",
+                         "--device", "cpu", "--json", check=True)
+    local = run_cli("evaluate", tmp_path / "run" / "last.pt", tree["data"], *labels, "--device", "cpu", "--json",
+                    check=True)
+    assert json.loads(remote.stdout) == json.loads(local.stdout)
+    assert json.loads(remote.stdout)["images"] == 4
+    assert "downloading 4 files" in remote.stderr  # the split evaluated, nothing else
+    assert not list((tmp_path / "cache2").glob("*/train/*"))
+
+
+def test_cli_check_takes_a_url_and_names_bad_files_by_url(tree, tmp_path):
+    train = tree["data"] / "train"
+    whole = (train / "train_001.jpg").read_bytes()
+    (train / "train_001.jpg").write_bytes(whole[: len(whole) // 2])
+    with serve(tree["data"]) as (url, _):
+        result = run_cli("check", url, "--labels", url + "labels.json", "--cache-dir", tmp_path / "cache", "--json")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["images"] == {"train": 8, "val": 4} and report["classes"] == ["cat", "dog"]
+    assert [problem["path"] for problem in report["problems"]] == [url + "train/train_001.jpg"]
+    assert report["problems"][0]["reason"].startswith("truncated JPEG")
 
 
 def test_the_default_cache_is_under_the_user_cache_directory(tree, tmp_path, monkeypatch):
