@@ -49,6 +49,8 @@ class AlexNet:
         self.data = prepare_data(self.config, DistInfo(0, 0, 1, 1, torch_device), self._log)
         self.pca: PCA = self.data.pca
         self.classes: tuple[str, ...] = self.data.train.classes
+        # class index -> human-readable name where the data gives one (ImageNet's synset mapping), else ""
+        self.class_names: tuple[str, ...] = self.data.train.class_names or ("",) * len(self.classes)
         torch.manual_seed(self.config.seed)  # the same initial weights as `alexnet-dali train --seed`
         self.net = AlexNetModule(len(self.classes), self.config.groups, self.config.dropout)
         self.history: dict = {key: [] for key in HISTORY_KEYS}
@@ -71,7 +73,8 @@ class AlexNet:
     # -- inference -------------------------------------------------------------------------------
     def _predictor_for_use(self) -> Predictor:
         if self._predictor is None:
-            self._predictor = Predictor(self.net, self.pca, self.classes, device=self.config.device)
+            self._predictor = Predictor(self.net, self.pca, self.classes, device=self.config.device,
+                                        class_names=self.class_names)
         return self._predictor
 
     def predict(self, images: str | Path | Sequence[str | Path]) -> np.ndarray:
@@ -89,7 +92,8 @@ class AlexNet:
         """One file with everything prediction needs: weights, class names, PCA, config, history."""
         return save_checkpoint({
             "model": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-            "classes": list(self.classes), "pca": self.pca.to_dict(), "config": self.config.to_dict(),
+            "classes": list(self.classes), "class_names": list(self.class_names), "pca": self.pca.to_dict(),
+            "config": self.config.to_dict(),
             "history": self.history, "epoch": len(self.history["loss"]),
         }, path)
 
@@ -104,6 +108,7 @@ class AlexNet:
         model.data = None
         model.pca = PCA.from_dict(state["pca"])
         model.classes = tuple(state["classes"])
+        model.class_names = tuple(state.get("class_names", ())) or ("",) * len(model.classes)
         model.net = AlexNetModule(len(model.classes), model.config.groups, model.config.dropout)
         model.net.load_state_dict(state["model"])
         model.history = {key: list(state.get("history", {}).get(key, [])) for key in HISTORY_KEYS}

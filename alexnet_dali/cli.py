@@ -172,7 +172,9 @@ def run_predict(args) -> int:
     predictor = Predictor.from_checkpoint(args.model, device=args.device, batch_size=args.batch_size)
     paths = expand_paths(args.images)
     probabilities = predictor.predict_files(paths)
-    results = [{"image": path, "top": [{"label": label, "probability": p} for label, p in predictor.top(row, args.topk)]}
+    names = dict(zip(predictor.classes, predictor.class_names))
+    results = [{"image": path, "top": [{"label": label, "name": names[label], "probability": p}
+                                       for label, p in predictor.top(row, args.topk)]}
                for path, row in zip(paths, probabilities)]
     if args.json:
         print(json.dumps(results, indent=2))
@@ -180,7 +182,7 @@ def run_predict(args) -> int:
         for result in results:
             print(result["image"])
             for entry in result["top"]:
-                print(f"  {entry['probability']:7.2%}  {entry['label']}")
+                print(f"  {entry['probability']:7.2%}  {entry['label']}" + (f"  {entry['name']}" if entry["name"] else ""))
     return 0
 
 

@@ -59,7 +59,8 @@ class Predictor:
     """Ten-crop predictions from a live model or a checkpoint, in batches of `batch_size` images."""
 
     def __init__(self, net: nn.Module, pca: PCA, classes: Sequence[str], *, device: str = "auto",
-                 batch_size: int = 32, num_threads: int = 0, fast: bool | None = None):
+                 batch_size: int = 32, num_threads: int = 0, fast: bool | None = None,
+                 class_names: Sequence[str] = ()):
         self.kind = resolve_device(device)
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.kind == "gpu" else torch.device("cpu")
         self.net = net.to(self.device).eval()
@@ -69,6 +70,8 @@ class Predictor:
         if self.kind == "gpu":
             self.net = self.net.to(memory_format=torch.channels_last)
         self.pca, self.classes = pca, tuple(classes)
+        # human-readable names where the data gave them (ImageNet's synset mapping), else empty
+        self.class_names = tuple(class_names) or ("",) * len(self.classes)
         self.batch_size = batch_size
         self.num_threads = num_threads or (min(MAX_GPU_PIPELINE_THREADS, cpu_count()) if self.kind == "gpu"
                                             else cpu_count())
@@ -80,7 +83,8 @@ class Predictor:
         config = state.get("config", {})
         net = AlexNetModule(len(state["classes"]), groups=config.get("groups", 1), dropout=config.get("dropout", 0.5))
         net.load_state_dict(state["model"])
-        return cls(net, PCA.from_dict(state["pca"]), state["classes"], **options)
+        return cls(net, PCA.from_dict(state["pca"]), state["classes"], class_names=state.get("class_names", ()),
+                   **options)
 
     def _pipeline(self):
         if self._pipe is None:

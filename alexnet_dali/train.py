@@ -335,7 +335,8 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
             save_checkpoint({
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "ranks": ranks,
-                "classes": list(train_split.classes), "pca": pca.to_dict(), "config": config.to_dict(),
+                "classes": list(train_split.classes), "class_names": list(train_split.class_names),
+                "pca": pca.to_dict(), "config": config.to_dict(),
                 "global_batch": global_batch, "world_size": dist_info.world_size, **version,
             }, path)
         return path

@@ -4,6 +4,7 @@ LOC_synset_mapping.txt. Small look-alike trees."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -151,3 +152,23 @@ def test_cli_check_reads_the_download_tree_and_shows_class_names(tmp_path):
     assert "3 classes: n01440764 tench, Tinca tinca; n01443537 goldfish, Carassius auratus; n01484850 great" \
            in result.stdout
     assert "checked 13 images (train 6, val 7): all images decode and are labelled" in result.stdout
+
+
+def test_a_model_trained_on_imagenet_predicts_with_class_names(tmp_path):
+    """The names travel from LOC_synset_mapping.txt through the checkpoint into predictions."""
+    from alexnet_dali import AlexNet
+
+    imagenet = make_imagenet(tmp_path / "imagenet")
+    run = tmp_path / "run"
+    run_cli("train", imagenet["root"], "--out", run, "--epochs", "1", "--batch-size", "2", "--lr", "1e-4",
+            "--device", "cpu", "--dali-threads", "1", check=True)
+    image = sorted((imagenet["images"] / "val").glob("*.JPEG"))[0]
+    result = run_cli("predict", run / "last.pt", image, "--topk", "3", "--json", "--device", "cpu", check=True)
+    top = json.loads(result.stdout)[0]["top"]
+    assert sorted(entry["label"] for entry in top) == sorted(SYNSET_NAMES)
+    assert all(entry["name"] == SYNSET_NAMES[entry["label"]] for entry in top)
+    text = run_cli("predict", run / "last.pt", image, "--topk", "3", "--device", "cpu", check=True).stdout
+    assert "n01440764  tench, Tinca tinca" in text
+    model = AlexNet.load(run / "last.pt", device="cpu")
+    assert model.class_names == tuple(SYNSET_NAMES[s] for s in model.classes)
+    assert AlexNet.load(model.save(tmp_path / "model.pt"), device="cpu").class_names == model.class_names
