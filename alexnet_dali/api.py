@@ -21,7 +21,7 @@ from .config import TrainConfig
 from .distributed import DistInfo, resolve_device
 from .model import AlexNetModule
 from .pca import PCA
-from .predict import Predictor
+from .predict import Predictor, full_names
 from .prepare import prepare_data
 from .train import HISTORY_KEYS, train
 
@@ -49,8 +49,7 @@ class AlexNet:
         self.data = prepare_data(self.config, DistInfo(0, 0, 1, 1, torch_device), self._log)
         self.pca: PCA = self.data.pca
         self.classes: tuple[str, ...] = self.data.train.classes
-        # class index -> human-readable name where the data gives one (ImageNet's synset mapping), else ""
-        self.class_names: tuple[str, ...] = self.data.train.class_names or ("",) * len(self.classes)
+        self.class_names: tuple[str, ...] = full_names(self.data.train.class_names, len(self.classes))
         torch.manual_seed(self.config.seed)  # the same initial weights as `alexnet-dali train --seed`
         self.net = AlexNetModule(len(self.classes), self.config.groups, self.config.dropout)
         self.history: dict = {key: [] for key in HISTORY_KEYS}
@@ -108,7 +107,7 @@ class AlexNet:
         model.data = None
         model.pca = PCA.from_dict(state["pca"])
         model.classes = tuple(state["classes"])
-        model.class_names = tuple(state.get("class_names", ())) or ("",) * len(model.classes)
+        model.class_names = full_names(state.get("class_names", ()), len(model.classes))
         model.net = AlexNetModule(len(model.classes), model.config.groups, model.config.dropout)
         model.net.load_state_dict(state["model"])
         model.history = {key: list(state.get("history", {}).get(key, [])) for key in HISTORY_KEYS}

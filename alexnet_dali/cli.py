@@ -182,7 +182,8 @@ def run_predict(args) -> int:
         for result in results:
             print(result["image"])
             for entry in result["top"]:
-                print(f"  {entry['probability']:7.2%}  {entry['label']}" + (f"  {entry['name']}" if entry["name"] else ""))
+                name = f"  {entry['name']}" if entry["name"] else ""
+                print(f"  {entry['probability']:7.2%}  {entry['label']}{name}")
     return 0
 
 

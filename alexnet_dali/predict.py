@@ -55,6 +55,12 @@ def expand_paths(items: Sequence[str | Path]) -> list[str]:
     return paths
 
 
+def full_names(class_names: Sequence[str], count: int) -> tuple[str, ...]:
+    """One human-readable name per class where the data gave them (ImageNet's synset mapping),
+    else one empty name per class."""
+    return tuple(class_names) or ("",) * count
+
+
 class Predictor:
     """Ten-crop predictions from a live model or a checkpoint, in batches of `batch_size` images."""
 
@@ -70,8 +76,7 @@ class Predictor:
         if self.kind == "gpu":
             self.net = self.net.to(memory_format=torch.channels_last)
         self.pca, self.classes = pca, tuple(classes)
-        # human-readable names where the data gave them (ImageNet's synset mapping), else empty
-        self.class_names = tuple(class_names) or ("",) * len(self.classes)
+        self.class_names = full_names(class_names, len(self.classes))
         self.batch_size = batch_size
         self.num_threads = num_threads or (min(MAX_GPU_PIPELINE_THREADS, cpu_count()) if self.kind == "gpu"
                                             else cpu_count())
