@@ -117,14 +117,12 @@ CACHE_HELP = "where URL data sets are downloaded (default: ~/.cache/alexnet-dali
 
 
 def local_data(args, splits) -> tuple[str, str | None, str | None]:
-    """(data root, labels, encoding) on this machine: a URL's splits are downloaded into the cache
-    first (what is not there yet). Progress goes to stderr, so --json output stays clean."""
-    from .remote import fetch_dataset, is_url
+    """DATA, --labels and --label-encoding on this machine (a URL's splits downloaded). Progress
+    goes to stderr, so --json output stays clean."""
+    from .remote import local_copy
 
-    if not is_url(args.data):
-        return args.data, args.labels, args.label_encoding
-    return fetch_dataset(args.data, args.labels, args.label_encoding, cache_dir=args.cache_dir, splits=tuple(splits),
-                         log=lambda *a: print(*a, file=sys.stderr))
+    return local_copy(args.data, args.labels, args.label_encoding, cache_dir=args.cache_dir, splits=splits,
+                      log=lambda *a: print(*a, file=sys.stderr))
 
 
 def run_train(args) -> int:

@@ -48,19 +48,12 @@ def writable_cache(dirs: list[Path]) -> Path | None:
     return None
 
 
-def resolve_data(config: TrainConfig, log=print) -> tuple[str, str | None, str | None]:
-    """(local data root, labels JSON, encoding JSON); URL data sets are fetched into the cache."""
-    from .remote import fetch_dataset, is_url
-
-    if is_url(config.data):
-        return fetch_dataset(config.data, config.labels, config.label_encoding, cache_dir=config.cache_dir,
-                             splits=("train", config.val_split), log=log)
-    return config.data, config.labels, config.label_encoding
-
-
 def index(config: TrainConfig, log=print) -> tuple[dict[str, Split], str]:
     """The train and validation splits, and the local data root."""
-    root, labels, encoding = resolve_data(config, log)
+    from .remote import local_copy
+
+    root, labels, encoding = local_copy(config.data, config.labels, config.label_encoding, cache_dir=config.cache_dir,
+                                        splits=("train", config.val_split), log=log)
     return index_dataset(root, labels, encoding, splits=("train", config.val_split)), root
 
 

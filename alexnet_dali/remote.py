@@ -312,3 +312,12 @@ def fetch_dataset(url: str, labels: str | None, label_encoding: str | None, *, c
         else:
             log(f"data from {folder_url}: all {cached} files already in {local_root}")
     return str(local_root), labels_path, encoding_path
+
+
+def local_copy(data: str, labels: str | None, label_encoding: str | None, *, cache_dir: str | os.PathLike | None,
+               splits, log=print) -> tuple[str, str | None, str | None]:
+    """(data root, labels JSON, encoding JSON) on this machine: a URL data set's splits are
+    fetched into the cache first (fetch_dataset); local data is returned as given."""
+    if not is_url(data):
+        return data, labels, label_encoding
+    return fetch_dataset(data, labels, label_encoding, cache_dir=cache_dir, splits=tuple(splits), log=log)
