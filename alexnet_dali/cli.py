@@ -11,7 +11,6 @@ import json
 import sys
 import time
 import typing
-import urllib.parse
 from pathlib import Path
 
 from . import __version__
@@ -210,7 +209,7 @@ def run_evaluate(args) -> int:
 
 def run_check(args) -> int:
     from .check import TRAINING_SPLITS, check_dataset
-    from .remote import is_url
+    from .remote import is_url, url_in
 
     # A URL has no folder listing to find its splits in: the ones asked for, or training's.
     splits = args.split or (list(TRAINING_SPLITS) if is_url(args.data) else None)
@@ -231,17 +230,6 @@ def run_check(args) -> int:
         verdict = "all images decode and are labelled" if report["ok"] else f"{len(report['problems'])} problem(s)"
         print(f"checked {sum(report['images'].values())} images ({counts}): {verdict}")
     return 0 if report["ok"] else 1
-
-
-def url_in(url: str, root: str, path: str) -> str:
-    """The URL a file of a downloaded data set came from (root: its folder in the cache)."""
-    for base in (Path(root), Path(root).resolve()):
-        try:
-            relative = Path(path).relative_to(base)
-        except ValueError:
-            continue
-        return (url if url.endswith("/") else url + "/") + urllib.parse.quote(relative.as_posix())
-    return path
 
 
 VERBS = {"demo": run_demo, "train": run_train, "predict": run_predict, "evaluate": run_evaluate, "check": run_check}

@@ -321,3 +321,14 @@ def local_copy(data: str, labels: str | None, label_encoding: str | None, *, cac
     if not is_url(data):
         return data, labels, label_encoding
     return fetch_dataset(data, labels, label_encoding, cache_dir=cache_dir, splits=tuple(splits), log=log)
+
+
+def url_in(url: str, root: str, path: str) -> str:
+    """The URL a file of a downloaded data set came from (root: its folder in the cache)."""
+    for base in (Path(root), Path(root).resolve()):
+        try:
+            relative = Path(path).relative_to(base)
+        except ValueError:
+            continue
+        return (url if url.endswith("/") else url + "/") + urllib.parse.quote(relative.as_posix())
+    return path
