@@ -37,6 +37,8 @@ class TrainConfig:
     seed: int = _opt(0, "run seed: model init, DALI augmentation and shuffling derive from it")
     resume: bool = _opt(False, "continue from OUT/last.pt (automatic after a torchrun restart)")
     checkpoint_every: float = _opt(0.0, "minutes between mid-epoch checkpoints (0: at epoch ends only)")
+    dist_timeout: float = _opt(5.0, "minutes joining the process group waits for every rank (torchrun) before it stops "
+                                    "with a line naming the missing ranks")
 
     # Optimisation (section 5 of the paper)
     batch_size: int = _opt(128, "global batch: images per step summed over all processes")
@@ -65,7 +67,8 @@ class TrainConfig:
         check_types(self)
         if self.device not in ("auto", "cpu", "gpu"):
             raise ConfigError(f"device must be auto, cpu or gpu, got {self.device!r}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "prefetch": self.prefetch}
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "prefetch": self.prefetch,
+                    "dist_timeout": self.dist_timeout}
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")

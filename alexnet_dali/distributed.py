@@ -2,19 +2,28 @@
 
 A plain `python -m alexnet_dali train ...` is one process with no process group at all; under
 `torchrun` every process reads RANK / LOCAL_RANK / WORLD_SIZE, takes one GPU (its local rank) or
-the CPU, and joins the group: NCCL on GPUs, gloo on CPUs.
+the CPU, and joins the group: NCCL on GPUs, gloo on CPUs. Joining waits a bounded time
+(--dist-timeout) for every rank, then stops with one line naming those that never came.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-from .config import ConfigError
+from .config import ConfigError, TrainConfig
+
+DEFAULT_TIMEOUT_MIN = TrainConfig.dist_timeout  # how long joining the process group waits for every rank
+
+
+class ProcessGroupTimeout(ConfigError):
+    """Some ranks never joined the process group: the launch, not the training, went wrong."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +33,7 @@ class DistInfo:
     world_size: int
     local_world_size: int
     device: torch.device
+    restarted: bool = False  # a torchrun restart of the run's workers: they resume by themselves
 
     @property
     def is_main(self) -> bool:
@@ -55,13 +65,17 @@ def resolve_device(preference: str) -> str:
     return preference
 
 
-def setup(preference: str = "auto") -> DistInfo:
-    """Read torchrun's environment (if any), pick the device and join the process group."""
+def setup(preference: str = "auto", timeout_min: float = DEFAULT_TIMEOUT_MIN) -> DistInfo:
+    """Read torchrun's environment (if any), pick the device and join the process group.
+
+    Joining waits at most `timeout_min` minutes for the other ranks, then raises
+    ProcessGroupTimeout naming the ranks that never came, the store and the key prefix."""
     kind = resolve_device(preference)
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
     if kind == "gpu":
         if local_rank >= torch.cuda.device_count():
             raise RuntimeError(
@@ -74,25 +88,100 @@ def setup(preference: str = "auto") -> DistInfo:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if kind == "gpu" else "gloo"
-        dist.init_process_group(backend, store=attempt_store(world_size), rank=rank, world_size=world_size,
+        store, started_before = meeting_store(rank, world_size, timedelta(minutes=timeout_min))
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
                                 device_id=device if kind == "gpu" else None)
-    return DistInfo(rank, local_rank, world_size, local_world_size, device)
+        restarted = restarted or started_before
+    return DistInfo(rank, local_rank, world_size, local_world_size, device, restarted)
 
 
-def attempt_store(world_size: int):
-    """The rendezvous store for this attempt, or None for init_process_group's default (env://).
+# -- Where the ranks of one start meet -------------------------------------------------------
+#
+# torchrun's agent hosts one TCPStore that outlives the workers' restarts, and torch (2.13) gives
+# restarted workers no fresh key prefix: they read the dead workers' addresses and fail to connect
+# ("connectFullMesh failed ... Connection refused", pytorch/pytorch#167288). So each start of the
+# workers needs a prefix of its own, and every rank of that start must pick the same one.
+# TORCHELASTIC_RESTART_COUNT cannot name it: on two nodes, the agent whose worker failed counts a
+# restart, while the other agent restarts its healthy worker for the membership change and counts
+# none (torch elastic does not count those), so the two workers would wait under different
+# prefixes forever. Instead every worker adds 1 to a counter in the store once per start: all
+# workers of one start arrive after every worker of the start before it has arrived (the agents
+# stop all workers before the next rendezvous), so the k-th world_size arrivals are generation k.
+# A start where some rank never arrived times out, and its ranks close the generation, so that the
+# next start's ranks again meet in one.
 
-    torchrun's agent hosts one TCPStore that outlives a worker restart, and torch (2.13) gives the
-    restarted workers no fresh key prefix: they read the dead workers' addresses and fail to
-    connect ("connectFullMesh failed ... Connection refused", pytorch/pytorch#167288). A prefix
-    per restart keeps each attempt's keys apart, so `--max-restarts` works.
-    """
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-        return None
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
-                          timeout=timedelta(minutes=30))
-    return dist.PrefixStore(f"alexnet-dali/attempt_{attempt}", store)
+STARTED_KEY = "alexnet-dali/started"  # set once a process group formed: any later start is a restart
+
+
+def meeting_store(rank: int, world_size: int, timeout: timedelta) -> tuple[dist.Store, bool]:
+    """The store under this start's own prefix, once every rank has arrived in it, and whether
+    workers of this run started before (a torchrun restart, counted or not)."""
+    address = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if None in address:
+        raise ConfigError(f"WORLD_SIZE is {world_size} but MASTER_ADDR or MASTER_PORT is not set: launch with torchrun")
+    host, port = address[0], int(address[1])
+    deadline = time.monotonic() + timeout.total_seconds()
+    # With TORCHELASTIC_USE_AGENT_STORE, torchrun's agent hosts the store; otherwise (env://) rank 0 does.
+    hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" and rank == 0
+    if not hosts_store:
+        wait_for_listener(host, port, deadline, rank, timeout)
+    store = dist.TCPStore(host, port, is_master=hosts_store, timeout=timeout, wait_for_workers=False,
+                          multi_tenant=True)
+    started_before = store.check([STARTED_KEY])  # read before arriving: see below
+    counter = f"alexnet-dali/world{world_size}/starts"  # per world size, so an elastic resize cannot shift it
+    generation = (store.add(counter, 1) - 1) // world_size
+    prefix = f"alexnet-dali/world{world_size}/generation{generation}"
+    store.set(f"{prefix}/arrived/rank{rank}", b"1")
+    arrivals = store.add(f"{prefix}/arrivals", 1)
+    # Polled rather than store.wait(): a store timeout prints C++ warnings around our one line.
+    pause = 0.01
+    while arrivals < world_size:
+        if time.monotonic() > deadline:
+            missing = [r for r in range(world_size) if not store.check([f"{prefix}/arrived/rank{r}"])]
+            close_generation(store, counter, generation, world_size)
+            raise ProcessGroupTimeout(
+                f"rank {rank} waited {minutes(timeout)} for {describe_ranks(missing)} of {world_size} to join the "
+                f"process group at store {host}:{port}, prefix {prefix}: start the same command on every node, "
+                "or give --dist-timeout more minutes")
+        time.sleep(pause)
+        pause = min(2 * pause, 0.5)
+        arrivals = store.add(f"{prefix}/arrivals", 0)
+    # Every rank of this start has read STARTED_KEY by now (before it arrived), so it tells only later starts.
+    store.set(STARTED_KEY, b"1")
+    return dist.PrefixStore(prefix, store), started_before
+
+
+def close_generation(store: dist.Store, counter: str, generation: int, world_size: int) -> None:
+    """Move the counter to the end of a generation that will never fill (a rank of it never came),
+    so that the next start's ranks again meet in one generation."""
+    end = (generation + 1) * world_size
+    current = int(store.add(counter, 0))
+    while current < end:  # compare-and-set: several timed-out ranks may close the same generation
+        current = int(store.compare_set(counter, str(current), str(end)))
+
+
+def wait_for_listener(host: str, port: int, deadline: float, rank: int, timeout: timedelta) -> None:
+    """Wait until the store accepts connections (checked here: TCPStore's own failure is a C++ trace)."""
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise ProcessGroupTimeout(
+                    f"rank {rank} waited {minutes(timeout)} for the rendezvous store at {host}:{port} (MASTER_ADDR, "
+                    "MASTER_PORT), which never answered: start rank 0 (or torchrun's first node), or give "
+                    "--dist-timeout more minutes") from None
+            time.sleep(0.2)
+
+
+def describe_ranks(ranks: list[int]) -> str:
+    shown = ", ".join(map(str, ranks[:8])) + (f" and {len(ranks) - 8} more" if len(ranks) > 8 else "")
+    return f"rank{'s' if len(ranks) > 1 else ''} {shown}"
+
+
+def minutes(timeout: timedelta) -> str:
+    return f"{timeout.total_seconds() / 60:g} min"
 
 
 def cleanup() -> None:

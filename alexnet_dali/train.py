@@ -9,7 +9,6 @@ Only the main process (rank 0) writes files and shows progress; metrics are all-
 from __future__ import annotations
 
 import math
-import os
 import signal
 import threading
 import time
@@ -204,7 +203,7 @@ def batch_plan(config: TrainConfig, world_size: int) -> tuple[int, int, float]:
 
 def run_dir_state(config: TrainConfig, dist_info: DistInfo) -> dict | None:
     """The checkpoint to resume from, or None for a new run. A torchrun restart resumes by itself."""
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    restarted = dist_info.restarted
     found = newest_valid_checkpoint(config.out)
     if found is None:
         return None
@@ -264,7 +263,7 @@ def code_version() -> dict:
 def train(config: TrainConfig, *, net: AlexNetModule | None = None, data: PreparedData | None = None,
           log=print) -> TrainResult:
     """Train as `config` says; `net` and `data` let the API hand in what it already built."""
-    dist_info = distributed.setup(config.device)
+    dist_info = distributed.setup(config.device, config.dist_timeout)
     try:
         return _train(config, dist_info, net, data, log if dist_info.is_main else (lambda *a, **k: None))
     finally:
