@@ -15,7 +15,8 @@ elastic does not count: TORCHELASTIC_RESTART_COUNT stays 0). Which comes first i
   worker is stopped; then it is let go).
 - "failure": the killed worker's agent is stopped before the kill, so it cannot announce the new
   round; the other worker fails on its dead peer and its agent counts a restart; then the stopped
-  agent is let go and counts its own.
+  agent is let go and counts its own. (The stopped agent is node 1's: node 0's hosts the rendezvous
+  store, which the other agent must keep reaching.)
 """
 
 from __future__ import annotations
@@ -53,7 +54,18 @@ def start_agents(args: list, logs: Path, max_restarts: int = 0) -> list[subproce
             # a session of its own, so that a failed test can end the agent and its workers together
             agents.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                            start_new_session=True))
+        if node == 0:  # node 0's agent, alone, binds the endpoint: it hosts the rendezvous store
+            wait_for(lambda: agents[0].poll() is not None or listening(port), time.monotonic() + 120,
+                     "the first agent's rendezvous store")
     return agents
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def end_agents(agents: list[subprocess.Popen]) -> None:
@@ -124,8 +136,8 @@ class KillOutcome:
 
 
 def kill_and_resume(train_args: list, out: Path, logs: Path, ordering: str, timeout: float = 300) -> KillOutcome:
-    """Train under two agents (--max-restarts 2), SIGKILL the rank-1 worker once OUT/last.pt exists,
-    with the agents' race forced as `ordering` says; return when both agents have ended."""
+    """Train under two agents (--max-restarts 2), SIGKILL one worker once OUT/last.pt exists, with
+    the agents' race forced as `ordering` says; return when both agents have ended."""
     deadline = time.monotonic() + timeout
     agents = start_agents(train_args, logs, max_restarts=2)
     try:
@@ -134,7 +146,10 @@ def kill_and_resume(train_args: list, out: Path, logs: Path, ordering: str, time
         assert all(a.poll() is None for a in agents), "an agent ended before the first checkpoint"
         before = one_worker_each(agents, deadline)
         ranks = [int(worker_env(pid, deadline).get("RANK", -1)) for pid in before]
-        victim = ranks.index(1)  # not the writer: a kill mid-write would leave a stray .tmp in OUT
+        # "membership": rank 1's worker, not the writer (a kill mid-write would leave a stray .tmp
+        # in OUT). "failure": node 1's, as its agent is stopped and must not be the one that hosts
+        # the rendezvous store (node 0's), or the other agent would wait on it too.
+        victim = ranks.index(1) if ordering == "membership" else 1
         survivor = 1 - victim
         if ordering == "membership":
             os.kill(before[survivor], signal.SIGSTOP)
