@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
-    from .data import DataError
+    from .errors import DataError
     from .train import TrainingInterrupted
 
     args = build_parser().parse_args(argv)
@@ -191,7 +191,7 @@ def run_evaluate(args) -> int:
     predictor = Predictor.from_checkpoint(args.model, device=args.device, batch_size=args.batch_size)
     split = index_dataset(*local_data(args, [args.split]), splits=(args.split,))[args.split]
     if tuple(split.classes) != predictor.classes:
-        from .data import DataError
+        from .errors import DataError
 
         raise DataError(f"the classes of {args.data} ({len(split.classes)}) differ from the model's "
                         f"({len(predictor.classes)}); pass the label encoding the model was trained with")

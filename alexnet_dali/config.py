@@ -131,6 +131,6 @@ def _describe(annotation) -> str:
 
 def write_config(config: TrainConfig, path, **extra) -> None:
     """config.json of a run: every field, and what the run adds (version, world size, ...)."""
-    from .data import write_json
+    from .jsonio import write_json
 
     write_json({**config.to_dict(), **extra}, path, indent=2, sort_keys=True)

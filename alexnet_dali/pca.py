@@ -123,7 +123,7 @@ def load_pca(path: Path) -> PCA | None:
 
 
 def save_pca(pca: PCA, path: Path) -> None:
-    from .data import write_json
+    from .jsonio import write_json
 
     try:
         write_json(pca.to_dict(), path, indent=2)

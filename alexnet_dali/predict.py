@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint
-from .data import DataError, Problem, is_image_name
+from .data import is_image_name
+from .errors import DataError, Problem
 from .distributed import resolve_device
 from .loader import MAX_GPU_PIPELINE_THREADS, cpu_count
 from .model import AlexNetModule

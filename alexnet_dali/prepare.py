@@ -12,7 +12,9 @@ import torch
 
 from . import distributed
 from .config import TrainConfig
-from .data import DataError, Problem, Split, index_dataset, write_json
+from .data import Split, index_dataset
+from .errors import DataError, Problem
+from .jsonio import write_json
 from .distributed import DistInfo
 from .loader import cores_per_process
 from .pca import PCA, compute_pca, load_pca, pca_cache_name, sample_files, save_pca

@@ -31,7 +31,10 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
-from .data import MANIFEST, DataError, Problem, is_image_name, load_json
+from .data import MANIFEST, is_image_name
+from .errors import DataError, Problem
+from .jsonio import load_json
+from .labels import image_id
 
 CHUNK_BYTES = 1 << 20
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})  # worth another try; other 4xx are final
@@ -292,7 +295,7 @@ def fetch_dataset(url: str, labels: str | None, label_encoding: str | None, *, c
                     problems.append(Problem(file_url, f"not an image file name (extension "
                                                       f"{os.path.splitext(name)[1] or 'none'!r})"))
                     continue
-                if name not in labelled and os.path.splitext(name)[0] not in labelled:
+                if image_id(name, labelled) is None:
                     problems.append(Problem(file_url, f"unlabelled: neither {name!r} nor "
                                                       f"{os.path.splitext(name)[0]!r} is in {labels}"))
                     continue

@@ -19,7 +19,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .data import Problem, write_json
+from .errors import Problem
+from .jsonio import write_json
 
 # Leading bytes of the formats DALI decodes.
 SIGNATURES = (

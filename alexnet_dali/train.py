@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import __version__, distributed
 from .checkpoint import BEST, LAST, CheckpointError, link, newest_valid_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, write_config
-from .data import write_json
+from .jsonio import write_json
 from .distributed import DistInfo
 from .loader import LoaderSettings, dali_threads, evaluation_loader, training_loader
 from .model import AlexNetModule
