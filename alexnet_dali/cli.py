@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
 
     train = verbs.add_parser("train", help="train on DATA (one process, or one per GPU under torchrun)")
-    train.add_argument("data", help="data root or http(s) URL: DATA/train and DATA/val")
+    train.add_argument("data", help="data root, http(s) URL or s3://bucket/prefix: DATA/train and DATA/val")
     add_config_options(train)
 
     predict = verbs.add_parser("predict", help="ten-crop predictions for images with a saved model")
@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = verbs.add_parser("evaluate", help="top-1 / top-5 accuracy and error of a model on a split")
     evaluate.add_argument("model")
-    evaluate.add_argument("data", help="data root or http(s) URL (the split is downloaded into the cache)")
+    evaluate.add_argument("data", help="data root, http(s) URL (the split is downloaded into the cache) or "
+                                       "s3://bucket/prefix (read from the bucket)")
     evaluate.add_argument("--split", default="val")
     evaluate.add_argument("--ten-crop", action="store_true", help="average ten views per image (the paper's test)")
     evaluate.add_argument("--labels", default=None)
@@ -83,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true")
 
     check = verbs.add_parser("check", help="does every image decode, is every image labelled?")
-    check.add_argument("data", help="data root or http(s) URL (the splits are downloaded into the cache)")
+    check.add_argument("data", help="data root, http(s) URL (the splits are downloaded into the cache) or "
+                                    "s3://bucket/prefix (read from the bucket)")
     check.add_argument("--labels", default=None)
     check.add_argument("--label-encoding", default=None)
     check.add_argument("--cache-dir", default=None, help=CACHE_HELP)

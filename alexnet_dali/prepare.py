@@ -18,6 +18,7 @@ from .jsonio import write_json
 from .distributed import DistInfo
 from .loader import cores_per_process
 from .pca import PCA, compute_pca, load_pca, pca_cache_name, sample_files, save_pca
+from .s3 import is_s3_url
 from .scan import CACHE_NAME, ScanCache, decode_check
 
 EXCLUDED_FILE = "excluded.json"
@@ -33,7 +34,13 @@ class PreparedData:
 
 def cache_dirs(config: TrainConfig, data_root: str) -> list[Path]:
     """Caches (PCA, scan results) live next to the data so runs share them, or in the run
-    directory where the data folder is read-only."""
+    directory where the data folder is read-only. Never in a bucket: s3:// data keeps them in
+    --cache-dir (one folder per data set) or the run directory."""
+    if is_s3_url(data_root):
+        from .remote import cache_folder_name
+
+        shared = [Path(config.cache_dir).expanduser() / cache_folder_name(data_root)] if config.cache_dir else []
+        return shared + [Path(config.out) / "cache"]
     return [Path(data_root) / ".alexnet-dali", Path(config.out) / "cache"]
 
 
