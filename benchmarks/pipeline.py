@@ -7,11 +7,13 @@
   *-decode          decode only, to see how close each is to its decoder's own limit
   *-no-lighting     the training pipeline with the PCA lighting off (what lighting costs)
   *-pca-stats       the statistics pass that computes the PCA (decode, centre 256, exact sums)
+  dali-cpu-s3       with --s3: dali-cpu reading the same files as s3:// objects from a local S3
+                    server (moto, on loopback, sharing the cores): what streaming costs
 
 Every CPU row uses all the cores (DALI threads = DataLoader workers = cores).
 
     python benchmarks/pipeline.py [--device cpu|gpu|all] [--data DIR] [--images N] [--batch-size B] [--json PATH]
-                                  [--hw-decoder-load 0,0.5,0.65,0.8,1]
+                                  [--hw-decoder-load 0,0.5,0.65,0.8,1] [--s3]
 
 Several --hw-decoder-load values give one dali-gpu and one dali-gpu-decode row each, named
 dali-gpu[hw=X]: the sweep that picks the trainer's --hw-decoder-load for a GPU.
@@ -125,12 +127,62 @@ def hw_loads(text: str) -> list[float]:
     return loads
 
 
+# -- s3:// ----------------------------------------------------------------------------------------
+
+def s3_row(files, batch_size: int, threads: int, trials: int) -> dict:
+    """dali-cpu-s3: the dali-cpu training pipeline reading the files as s3:// objects, which DALI's
+    reader fetches itself (a HEAD and a GET per object), from moto's S3 server on loopback. The
+    server is a Python process on the same cores: a floor for what a real store costs, not a
+    measure of one. Needs boto3 and moto[server] (the test extra)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        # DALI's S3 client reads these once per process, at its first s3:// file
+        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_REGION="us-east-1",
+                          AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_EC2_METADATA_DISABLED="true")
+        from alexnet_dali.s3 import client
+
+        store = client()
+        store.create_bucket(Bucket="bench")
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda f: store.put_object(Bucket="bench", Key=f"train/{Path(f).name}",
+                                                     Body=Path(f).read_bytes()), files))
+        urls = [f"s3://bench/train/{Path(f).name}" for f in files]
+        loader = dali_loader(urls, "cpu", batch_size, threads, decode_only=False)
+        result = timed(lambda: drain(loader, "cpu"), len(urls), trials, warmup=lambda: drain(loader, "cpu"))
+        del loader
+        return {"name": "dali-cpu-s3", "device": "cpu", "kind": "training pipeline, s3:// on loopback",
+                "threads": threads, **result}
+    finally:
+        server.terminate()
+        server.wait()
+
+
 # -- run ---------------------------------------------------------------------------------------
 
 def main(argv=None):
     parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--hw-decoder-load", type=hw_loads, default=[0.65],
                         help="GPU rows: comma-separated shares of JPEGs for the hardware decoder (default: 0.65)")
+    parser.add_argument("--s3", action="store_true",
+                        help="add dali-cpu-s3: the same pipeline reading from a local S3 server (needs moto[server])")
     args = parser.parse_args(argv)
     files = data_files(args)
     cores = cpu_count()
@@ -164,8 +216,13 @@ def main(argv=None):
             run = pca_pass(files, device, args.batch_size, threads[device])
             rows.append({"name": f"dali-{device}-pca-stats", "device": device, "kind": "statistics pass",
                          "threads": threads[device], **timed(run, n, args.trials, warmup=run)})
+    if args.s3 and wants(args, "cpu"):
+        rows.append(s3_row(files, args.batch_size, threads["cpu"], args.trials))
     by_name = {r["name"]: r["images_per_sec"] for r in rows}
     notes = []
+    if "dali-cpu-s3" in by_name and "dali-cpu" in by_name:
+        notes.append(f"dali-cpu-s3 / dali-cpu = {by_name['dali-cpu-s3'] / by_name['dali-cpu']:.2f} "
+                     "(the S3 server shares the same cores)")
     if "dali-cpu" in by_name and "pil-dataloader" in by_name:
         notes.append(f"dali-cpu / pil-dataloader = {by_name['dali-cpu'] / by_name['pil-dataloader']:.2f}x "
                      f"on the same {cores} cores")

@@ -29,6 +29,7 @@ from alexnet_dali.tree import LocalTree
 from alexnet_dali.train import train
 from conftest import make_class_folders, make_original_layout, run_cli
 from test_ddp import torchrun
+from test_imagenet_layout import make_imagenet
 
 HERE = Path(__file__).resolve().parent
 BUCKET = "data"
@@ -154,6 +155,20 @@ def test_the_bucket_indexes_like_its_local_copy(store):
     folders = index_dataset(f"s3://{BUCKET}/folders")
     assert folders["train"].classes == ("ant", "bee")
     assert folders["train"].files[0] == f"s3://{BUCKET}/folders/train/ant/000.jpg"
+
+
+def test_imagenet_in_a_bucket_indexes_like_its_local_copy(store, tmp_path):
+    """The download's own tree, ILSVRC/Data/CLS-LOC, with LOC_val_solution.csv and
+    LOC_synset_mapping.txt beside it: the solution CSV labels val, the mapping names the classes."""
+    imagenet = make_imagenet(tmp_path / "imagenet", tree=("ILSVRC", "Data", "CLS-LOC"))
+    upload(store["client"], imagenet["root"], "imagenet")
+    from_s3 = index_dataset(f"s3://{BUCKET}/imagenet")
+    from_disk = index_dataset(imagenet["root"])
+    for split in ("train", "val"):
+        assert (from_s3[split].labels, from_s3[split].classes, from_s3[split].class_names) == \
+            (from_disk[split].labels, from_disk[split].classes, from_disk[split].class_names)
+        assert [f.rsplit("/", 1)[1] for f in from_s3[split].files] == [Path(f).name for f in from_disk[split].files]
+    assert from_s3["val"].files[0].startswith(f"s3://{BUCKET}/imagenet/ILSVRC/Data/CLS-LOC/val/")
 
 
 def test_folders_are_built_from_one_paginated_listing(store, monkeypatch):
