@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import distributed
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import Split, index_dataset
 from .errors import DataError, Problem
 from .jsonio import write_json
@@ -87,6 +87,10 @@ def scan_splits(splits: list[Split], dist_info: DistInfo, cache_dir: Path | None
 
 
 def prepare_data(config: TrainConfig, dist_info: DistInfo, log=print) -> PreparedData:
+    for option, value in (("--out", config.out), ("--cache-dir", config.cache_dir)):
+        if is_s3_url(value):  # Path() would quietly make a local folder named "s3:"
+            raise ConfigError(f"{option} {value} is in a bucket: checkpoints, logs and caches need a local or shared "
+                              "file system path (the data may stay in the bucket)")
     splits, root = index(config, log)
     train, val = splits["train"], splits[config.val_split]
     cache_dir = distributed.broadcast_object(writable_cache(cache_dirs(config, root)) if dist_info.is_main else None)

@@ -111,9 +111,9 @@ class DaliDecodeCheck:
 def read_bytes(path: str) -> bytes:
     """A file's bytes; an s3:// object's through boto3 (s3.py)."""
     if path.startswith("s3://"):
-        from .s3 import read_object
+        from .s3 import read_image
 
-        return read_object(path)
+        return read_image(path)
     return Path(path).read_bytes()
 
 
