@@ -35,6 +35,7 @@ from .data import MANIFEST, is_image_name
 from .errors import DataError, Problem
 from .jsonio import load_json
 from .labels import image_id
+from .log import logger
 
 CHUNK_BYTES = 1 << 20
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})  # worth another try; other 4xx are final
@@ -263,7 +264,7 @@ def fetch_json(location: str | None, local_root: Path, what: str, policy: FetchP
 
 
 def fetch_dataset(url: str, labels: str | None, label_encoding: str | None, *, cache_dir: str | os.PathLike | None = None,
-                  splits: tuple[str, ...] = ("train", "val"), log=print,
+                  splits: tuple[str, ...] = ("train", "val"),
                   policy: FetchPolicy = FetchPolicy()) -> tuple[str, str | None, str | None]:
     """Download the named splits of an original-layout tree at `url` (what is not cached yet).
 
@@ -307,23 +308,23 @@ def fetch_dataset(url: str, labels: str | None, label_encoding: str | None, *, c
         if problems:
             raise DataError(problems, f"problems in {folder_url}")
         if jobs:
-            log(f"downloading {len(jobs)} files from {folder_url} into {local_root} ({cached} already there)")
+            logger.info(f"downloading {len(jobs)} files from {folder_url} into {local_root} ({cached} already there)")
             problems = download_all(jobs, policy, "download")
             if problems:
                 raise DataError(problems, f"{len(problems)} of {len(jobs)} files could not be downloaded from "
                                           f"{folder_url} (the others are cached; run again to retry)")
         else:
-            log(f"data from {folder_url}: all {cached} files already in {local_root}")
+            logger.info(f"data from {folder_url}: all {cached} files already in {local_root}")
     return str(local_root), labels_path, encoding_path
 
 
 def local_copy(data: str, labels: str | None, label_encoding: str | None, *, cache_dir: str | os.PathLike | None,
-               splits, log=print) -> tuple[str, str | None, str | None]:
+               splits) -> tuple[str, str | None, str | None]:
     """(data root, labels JSON, encoding JSON) on this machine: a URL data set's splits are
     fetched into the cache first (fetch_dataset); local data is returned as given."""
     if not is_url(data):
         return data, labels, label_encoding
-    return fetch_dataset(data, labels, label_encoding, cache_dir=cache_dir, splits=tuple(splits), log=log)
+    return fetch_dataset(data, labels, label_encoding, cache_dir=cache_dir, splits=tuple(splits))
 
 
 def url_in(url: str, root: str, path: str) -> str:

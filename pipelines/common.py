@@ -42,7 +42,7 @@ def on_device(labels, device: str):
     return labels.gpu() if device == "gpu" else labels
 
 
-def decode(encoded, device: str, hw_decoder_load: float = 0.65):
+def decode(encoded, device: str, hw_decoder_load: float):
     """JPEG/PNG/... -> RGB uint8 HWC, on the CPU (libjpeg-turbo) or the GPU (nvJPEG + hardware decoder)."""
     if device == "gpu":
         return fn.decoders.image(
@@ -62,7 +62,7 @@ def decode(encoded, device: str, hw_decoder_load: float = 0.65):
 MAX_BILINEAR_SHRINK = 2.0
 
 
-def decode_and_centre(encoded, device: str, size: int = SCALE_SIZE, hw_decoder_load: float = 0.65, window=None):
+def decode_and_centre(encoded, device: str, hw_decoder_load: float, size: int = SCALE_SIZE, window=None):
     """Decode, rescale the short side to `size` and keep the central size×size square, or only
     a window of that square.
 

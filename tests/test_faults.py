@@ -13,16 +13,7 @@ import pytest
 import torch
 
 from alexnet_dali.checkpoint import CheckpointError, load_checkpoint
-from conftest import make_original_layout, run_cli, write_image
-
-
-def layout_args(layout):
-    return [layout["data"], "--labels", layout["labels"], "--label-encoding", layout["label_encoding"]]
-
-
-def train_args(layout, out, *extra):
-    return ["train", *layout_args(layout), "--out", out, "--batch-size", "4", "--lr", "3e-5", "--device", "cpu",
-            "--dali-threads", "1", *map(str, extra)]
+from conftest import layout_args, make_original_layout, run_cli, train_args, write_image
 
 
 @pytest.fixture

@@ -71,14 +71,17 @@ def test_gpu_training_crops_equal_the_cpu_ones_for_the_same_seed(images):
 def test_gpu_pca_pass_matches_the_cpu_one(images):
     from alexnet_dali.pca import compute_pca
 
-    cpu = compute_pca(images, device="cpu", batch_size=4)
-    gpu = compute_pca(images, device="gpu", device_id=0, batch_size=4)
+    from alexnet_dali.placement import place
+
+    cpu = compute_pca(images, place("cpu", threads=2, hw_decoder_load=0.65), batch_size=4)
+    gpu = compute_pca(images, place("gpu", threads=2, hw_decoder_load=0.65), batch_size=4)
     np.testing.assert_allclose(gpu.mean, cpu.mean, atol=2 / 255)  # decoders differ by a grey level or so
     np.testing.assert_allclose(gpu.eigval, cpu.eigval, rtol=0.05, atol=1e-4)
 
 
 def test_gpu_training_run_and_ten_crop_prediction(tmp_path):
     from alexnet_dali.config import TrainConfig
+    from alexnet_dali.placement import place
     from alexnet_dali.predict import Predictor
     from alexnet_dali.train import train
 
@@ -86,12 +89,14 @@ def test_gpu_training_run_and_ten_crop_prediction(tmp_path):
     config = TrainConfig(data=str(layout["data"]), labels=str(layout["labels"]),
                          label_encoding=str(layout["label_encoding"]), out=str(tmp_path / "run"), epochs=2,
                          batch_size=8, lr=3e-5, device="gpu")
-    result = train(config, log=lambda *a: None)
-    assert len(result.history["loss"]) == 2 and next(result.net.parameters()).is_cuda
-    predictor = Predictor.from_checkpoint(result.checkpoint, device="gpu")
+    state = train(config)
+    assert len(state.history["loss"]) == 2 and next(state.bundle.net.parameters()).is_cuda
+    checkpoint = tmp_path / "run" / "last.pt"
+    predictor = Predictor.from_checkpoint(checkpoint, place("gpu", threads=2, hw_decoder_load=0.65), batch_size=8,
+                                          precision="bf16")
     probabilities = predictor.predict_files(sorted((layout["data"] / "val").glob("*.jpg")))
     assert probabilities.shape == (8, 2)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-3)
-    cpu = Predictor.from_checkpoint(result.checkpoint, device="cpu", fast=False)
+    cpu = Predictor.from_checkpoint(checkpoint, place("cpu", threads=2, hw_decoder_load=0.65), batch_size=8)
     reference = cpu.predict_files(sorted((layout["data"] / "val").glob("*.jpg")))
     assert np.abs(probabilities - reference).max() < 0.05  # bf16 autocast and nvJPEG vs fp32 on the CPU

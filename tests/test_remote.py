@@ -19,7 +19,6 @@ from alexnet_dali.remote import FetchPolicy, cache_folder_name, fetch_dataset, p
 from conftest import make_original_layout, run_cli, write_image
 
 FAST = FetchPolicy(workers=4, attempts=3, timeout_s=5.0, first_wait_s=0.05)
-QUIET = lambda *a, **k: None  # noqa: E731
 
 
 @pytest.fixture(autouse=True)
@@ -140,7 +139,7 @@ def local_index(tree: dict) -> dict:
 
 def fetch(url: str, cache: Path, labels="labels.json", encoding="label_encoding.json", **options):
     return fetch_dataset(url, url + labels if labels else None, url + encoding if encoding else None,
-                         cache_dir=cache, log=QUIET, policy=options.pop("policy", FAST), **options)
+                         cache_dir=cache, policy=options.pop("policy", FAST), **options)
 
 
 @pytest.mark.parametrize("labels_as", ["url", "local path"])
@@ -150,7 +149,7 @@ def test_url_and_local_runs_give_the_same_files_and_labels(tree, tmp_path, label
             root, labels, encoding = fetch(url, tmp_path / "cache")
         else:
             root, labels, encoding = fetch_dataset(url, str(tree["labels"]), str(tree["label_encoding"]),
-                                                   cache_dir=tmp_path / "cache", log=QUIET, policy=FAST)
+                                                   cache_dir=tmp_path / "cache", policy=FAST)
     assert Path(root) == tmp_path / "cache" / cache_folder_name(url)
     fetched = index_dataset(root, labels, encoding)
     assert names_and_labels(fetched) == local_index(tree)
@@ -331,7 +330,7 @@ def test_cli_check_takes_a_url_and_names_bad_files_by_url(tree, tmp_path):
 def test_the_default_cache_is_under_the_user_cache_directory(tree, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     with serve(tree["data"]) as (url, _):
-        root, _, _ = fetch_dataset(url, url + "labels.json", None, log=QUIET, policy=FAST)
+        root, _, _ = fetch_dataset(url, url + "labels.json", None, policy=FAST)
     assert Path(root) == tmp_path / "xdg" / "alexnet-dali" / cache_folder_name(url)
     assert len(list(Path(root).glob("*/*.jpg"))) == 12
 
