@@ -22,11 +22,12 @@ PCA = dict(eigval=(0.2175, 0.0188, 0.0045),
            eigvec=((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203)))
 
 # With the same chroma upsampling, nvJPEG (or the hardware decoder) and libjpeg-turbo differ only in
-# the rounding of their IDCTs and colour conversions: a few grey levels at most, under one on
+# the rounding of their IDCTs, upsampling and colour conversion: a few grey levels, under one on
 # average (the bound of DALI's own test of jpeg_fancy_upsampling). Without it they differ by up to
-# 160 levels along a red/blue edge (a NumPy model of 4:2:0). Not yet measured on a GPU: the
-# assertions print the figures.
-DECODER_MAX_DIFFERENCE = 6
+# 160 levels along a red/blue edge (a NumPy model of 4:2:0). For scale: on the saturated edges
+# below, libjpeg-turbo's own fast and accurate IDCTs differ by up to 20 levels, 2 on average.
+# Not yet measured on a GPU: the assertions print the figures.
+DECODER_MAX_DIFFERENCE = 8
 DECODER_MEAN_DIFFERENCE = 1.0
 # After resampling: a convex combination of decoded pixels, rounded to uint8 once on each device
 # (both devices' resamplers give the same samples: tests/test_pipelines.py).
