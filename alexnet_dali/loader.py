@@ -23,14 +23,36 @@ def derived_seed(seed: int, *stream: int) -> int:
     return int(np.random.SeedSequence([seed, *stream]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
+class GpuHandOff:
+    """Copies of DALI's zero-copy GPU outputs in torch's memory. DALI may give a released buffer to
+    its next batch at once, while kernels queued on torch's stream still read it; torch's
+    allocator reuses memory only in its stream's order. DALI's buffers are held until the copies
+    have run. (A precaution: tests/test_gpu.py checks the hazard, which has not yet been seen on a
+    GPU. One device-to-device copy per batch.)"""
+
+    def __init__(self):
+        self._lent = []  # (event, DALI's tensors) until torch's stream has copied them
+
+    def own(self, *tensors):
+        import torch
+
+        if not tensors[0].is_cuda:
+            return tensors  # CPU batches are read synchronously
+        copies = tuple(tensor.clone() for tensor in tensors)
+        copied = torch.cuda.Event()
+        copied.record()
+        self._lent = [(event, held) for event, held in self._lent if not event.query()] + [(copied, tensors)]
+        return copies
+
+
 class DaliLoader:
-    """Wraps one pipeline and DALI's PyTorch iterator (zero-copy under DALI's default executor).
-    Each batch is used before the next is asked for."""
+    """Wraps one pipeline and DALI's PyTorch iterator, as (images, labels) batches on the device."""
 
     def __init__(self, pipeline, policy: LastBatchPolicy):
         self.pipeline = pipeline
         self.iterator = DALIGenericIterator([pipeline], ["images", "labels"], reader_name=READER_NAME,
                                             last_batch_policy=policy, auto_reset=True)
+        self.hand_off = GpuHandOff()
 
     def __len__(self) -> int:
         return len(self.iterator)
@@ -40,6 +62,7 @@ class DaliLoader:
             images, labels = batch[0]["images"], batch[0]["labels"]
             if images.shape[0] == 0:  # PARTIAL: a shard may have no image left for the last step
                 continue
+            images, labels = self.hand_off.own(images, labels)
             yield nchw_view(images), labels.view(-1).long()
 
     def state(self) -> bytes:

@@ -4,7 +4,7 @@ horizontal reflections ... and averaging the predictions made by the network's s
 the ten patches").
 
 Encoded images are fed to one DALI pipeline (decode, short side 256, centre 256×256, ten
-normalised views) under DALI's default executor, whose outputs torch reads without a copy. The
+normalised views) under DALI's default executor, whose outputs torch reads through DLPack. The
 next batch is scheduled before the current one reaches the model, so decoding overlaps the
 network.
 """
@@ -21,7 +21,7 @@ import torch
 from .data import is_image_name
 from .errors import DataError, Problem
 from .evaluate import mean_log_softmax
-from .loader import nchw_view
+from .loader import GpuHandOff, nchw_view
 from .placement import Placement
 from .scan import diagnose_bytes
 from .state import ModelBundle, load_state
@@ -54,6 +54,7 @@ class Predictor:
         if placement.on_gpu:
             self.net = self.net.to(memory_format=torch.channels_last)  # the crops arrive NHWC
         self._pipe = None
+        self._hand_off = GpuHandOff()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, placement: Placement, **options) -> Predictor:
@@ -95,7 +96,7 @@ class Predictor:
             while pending:
                 (output,) = pipe.share_outputs()
                 with torch.device(self.placement.device):
-                    views = torch.from_dlpack(output.as_tensor())  # zero-copy: holds DALI's buffer
+                    (views,) = self._hand_off.own(torch.from_dlpack(output.as_tensor()))
                 pipe.release_outputs()
                 pending.popleft()
                 schedule()  # DALI decodes the next batch while the model runs on this one
