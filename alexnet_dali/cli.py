@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--labels", default=None)
     evaluate.add_argument("--label-encoding", default=None)
     evaluate.add_argument("--cache-dir", default=None, help=CACHE_HELP)
+    evaluate.add_argument("--refresh", action="store_true", help=REFRESH_HELP)
     evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--json", action="store_true")
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--labels", default=None)
     check.add_argument("--label-encoding", default=None)
     check.add_argument("--cache-dir", default=None, help=CACHE_HELP)
+    check.add_argument("--refresh", action="store_true", help=REFRESH_HELP)
     check.add_argument("--split", action="append", default=None,
                        help="split to check (repeatable; default: every split folder present)")
     check.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 # -- verbs -------------------------------------------------------------------------------------
 
 CACHE_HELP = "where URL data sets are downloaded (default: ~/.cache/alexnet-dali)"
+REFRESH_HELP = "URL data: ask the server whether each cached image changed (a conditional GET each)"
 
 
 def local_data(args, splits) -> tuple[str, str | None, str | None]:
@@ -121,7 +124,7 @@ def local_data(args, splits) -> tuple[str, str | None, str | None]:
     from .remote import local_copy
 
     return local_copy(args.data, args.labels, args.label_encoding, cache_dir=args.cache_dir, splits=splits,
-                      log=lambda *a: print(*a, file=sys.stderr))
+                      refresh=args.refresh, log=lambda *a: print(*a, file=sys.stderr))
 
 
 def run_train(args) -> int:

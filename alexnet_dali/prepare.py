@@ -55,7 +55,7 @@ def index(config: TrainConfig, log=print) -> tuple[dict[str, Split], str]:
     from .remote import local_copy
 
     root, labels, encoding = local_copy(config.data, config.labels, config.label_encoding, cache_dir=config.cache_dir,
-                                        splits=("train", config.val_split), log=log)
+                                        splits=("train", config.val_split), refresh=config.refresh, log=log)
     return index_dataset(root, labels, encoding, splits=("train", config.val_split)), root
 
 
