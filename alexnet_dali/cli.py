@@ -16,7 +16,7 @@ from .config import ConfigError, TrainConfig
 
 EXIT_BAD_INPUT = 2
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-DATA_OPTIONS = ("labels", "label_encoding", "cache_dir")  # how every verb that reads a data set is told its labels
+DATA_OPTIONS = ("labels", "label_encoding", "cache_dir", "refresh")  # how every verb that reads a data set is told its labels
 DEVICE_OPTIONS = ("device", "dali_threads", "hw_decoder_load")  # where every verb decodes and computes
 
 
@@ -130,7 +130,8 @@ def local_data(args, splits) -> tuple[str, str | None, str | None]:
     """DATA, --labels and --label-encoding on this machine (a URL's splits downloaded)."""
     from .remote import local_copy
 
-    return local_copy(args.data, args.labels, args.label_encoding, cache_dir=args.cache_dir, splits=splits)
+    return local_copy(args.data, args.labels, args.label_encoding, cache_dir=args.cache_dir, splits=splits,
+                      refresh=args.refresh)
 
 
 def run_train(args) -> int:

@@ -29,6 +29,7 @@ class TrainConfig:
     label_encoding: str | None = _opt(None, "JSON mapping label -> class index (default: sorted labels)")
     val_split: str = _opt("val", "name of the validation split folder")
     cache_dir: str | None = _opt(None, "where URL data sets are downloaded (default: ~/.cache/alexnet-dali)")
+    refresh: bool = _opt(False, "URL data: ask the server whether each cached image changed (a conditional GET each)")
     skip_bad: bool = _opt(False, "exclude images that fail the pre-training scan (recorded in the run directory)")
 
     # Run

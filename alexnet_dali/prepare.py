@@ -58,7 +58,7 @@ def index(config: TrainConfig, dist_info: DistInfo) -> tuple[dict[str, Split], s
 
     splits = ("train", config.val_split)
     root, labels, encoding = local_copy(config.data, config.labels, config.label_encoding, cache_dir=config.cache_dir,
-                                        splits=splits)
+                                        splits=splits, refresh=config.refresh)
     return distributed.on_main(dist_info, lambda: index_dataset(root, labels, encoding, splits=splits)), root
 
 
