@@ -80,7 +80,7 @@ def test_every_gpu_pipeline_is_a_graph_dali_accepts(tmp_path):
     the mixed decoder's jpeg_fancy_upsampling included."""
     files = [str(write_image(tmp_path / "a.jpg", 64, 48))]
     placement = dict(device="gpu", hw_decoder_load=HW, batch_size=1, num_threads=1, device_id=0)
-    training_pipeline(files, [0], mean=MEAN, **PCA, **placement)
+    training_pipeline(files, [0], mean=MEAN, **PCA, lighting=0.1, **placement)
     training_pipeline(files, [0], mean=MEAN, **PCA, lighting=0.0, debug=True, **placement)
     evaluation_pipeline(files, [0], mean=MEAN, **placement)
     tencrop_pipeline(mean=MEAN, **placement)
