@@ -110,10 +110,21 @@ def test_api_fit_returns_the_history_and_continues(tmp_path, original_layout):
 
 
 def test_bf16_precision_computes_in_bf16_and_keeps_fp32_weights(tmp_path, original_layout):
-    """The same run (seed, crops, dropout masks) in both precisions: bf16 rounding moves the
-    losses a little, and never to exactly the fp32 values; the weights stay fp32."""
+    """The same run (seed, crops, dropout masks) in both precisions: the network's layers compute
+    in bf16 (their outputs' dtype, seen by a hook); bf16 rounding moves the losses a little, and
+    never to exactly the fp32 values; the weights stay fp32."""
     fp32 = train(tiny_config(original_layout, tmp_path / "fp32", epochs=1))
-    bf16 = train(tiny_config(original_layout, tmp_path / "bf16", epochs=1, precision="bf16"))
+    dtypes = {"train": set(), "eval": set()}
+    config = tiny_config(original_layout, tmp_path / "bf16", epochs=1, precision="bf16")
+    from alexnet_dali.prepare import prepare_data
+    from alexnet_dali.distributed import DistInfo
+    from alexnet_dali.train import new_state
+
+    state = new_state(config, prepare_data(config, DistInfo(), cpu_placement(threads=1)))
+    state.bundle.net.features.conv1.register_forward_hook(
+        lambda module, inputs, output: dtypes["train" if module.training else "eval"].add(output.dtype))
+    bf16 = train(config, state)
+    assert dtypes == {"train": {torch.bfloat16}, "eval": {torch.bfloat16}}  # training steps and validation
     for key in ("loss", "val_loss"):
         assert bf16.history[key][0] != fp32.history[key][0]
         assert bf16.history[key][0] == pytest.approx(fp32.history[key][0], rel=0.05)
