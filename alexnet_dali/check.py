@@ -25,7 +25,7 @@ def image_files(tree, folder: str) -> list[str]:
     return sorted(found)
 
 
-def check_dataset(data, labels=None, label_encoding=None, *, splits: list[str] | None = None, threads: int = 0) -> dict:
+def check_dataset(data, labels, label_encoding, placement, *, splits: list[str] | None = None) -> dict:
     """{"ok": bool, "images": {split: count}, "classes": [class labels], "problems": [{"path", "reason"}]}"""
     tree = open_tree(data)
     check_root(tree)
@@ -49,7 +49,7 @@ def check_dataset(data, labels=None, label_encoding=None, *, splits: list[str] |
         # decode every image file of the split, labelled or not: a label problem hides no decode problem
         files = image_files(tree, join(root, name))
         images[name] = len(files)
-        problems += scan_images(files, num_threads=threads)
+        problems += scan_images(files, placement)
     first = next(iter(indexed.values()), None)
     return {
         "ok": not problems,

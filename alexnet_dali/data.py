@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from dataclasses import dataclass, replace
 
 from .errors import DataError, Problem
 from .imagenet import IMAGENET_TREE, SYNSET_MAPPING, parse_solution_csv, parse_synset_mapping, solution_name
 from .labels import (classes_from_encoding, encoding_from_labels, image_id, parse_label_encoding,
                      parse_labels)
+from .log import logger
 from .s3 import is_s3_url
 from .tree import LocalTree, join
 
@@ -239,8 +239,8 @@ def index_solution_split(tree, folder: str, split: str, csv_rel: str, encoding: 
         targets.append(encoding[synset])
     absent = sorted(set(solution) - used)
     if absent and not problems:  # a subset of val is legitimate, but say so: it changes the accuracy one reports
-        warnings.warn(f"{csv_name} lists {len(absent)} image(s) that are not in {tree.name(folder)} "
-                      f"(first: {', '.join(absent[:3])})", stacklevel=3)
+        logger.warning(f"{csv_name} lists {len(absent)} image(s) that are not in {tree.name(folder)} "
+                       f"(first: {', '.join(absent[:3])})")
     return finished_split(tree, split, folder, files, targets, problems, encoding)
 
 

@@ -42,11 +42,15 @@ def on_device(labels, device: str):
     return labels.gpu() if device == "gpu" else labels
 
 
-def decode(encoded, device: str, hw_decoder_load: float = 0.65):
+def decode(encoded, device: str, hw_decoder_load: float):
     """JPEG/PNG/... -> RGB uint8 HWC, on the CPU (libjpeg-turbo) or the GPU (nvJPEG + hardware decoder)."""
     if device == "gpu":
+        # jpeg_fancy_upsampling: interpolate 4:2:0 chroma as libjpeg-turbo (the CPU decoder) does.
+        # nvJPEG's default repeats each chroma sample over 2×2 pixels, which changes the colours
+        # along every colour edge: a model trained on one device would be tested on other pixels.
         return fn.decoders.image(
             encoded, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load,
+            jpeg_fancy_upsampling=True,
             device_memory_padding=DEVICE_MEMORY_PADDING, host_memory_padding=HOST_MEMORY_PADDING,
         )
     if device == "cpu":
@@ -62,7 +66,7 @@ def decode(encoded, device: str, hw_decoder_load: float = 0.65):
 MAX_BILINEAR_SHRINK = 2.0
 
 
-def decode_and_centre(encoded, device: str, size: int = SCALE_SIZE, hw_decoder_load: float = 0.65, window=None):
+def decode_and_centre(encoded, device: str, hw_decoder_load: float, size: int = SCALE_SIZE, window=None):
     """Decode, rescale the short side to `size` and keep the central size×size square, or only
     a window of that square.
 
