@@ -28,9 +28,7 @@ from alexnet_dali.scan import CACHE_NAME, ScanCache, scan_images
 from alexnet_dali.state import load_state
 from alexnet_dali.tree import LocalTree
 from alexnet_dali.train import train
-from conftest import make_class_folders, make_original_layout, run_cli
-from test_ddp import torchrun
-from test_imagenet_layout import make_imagenet
+from conftest import make_class_folders, make_imagenet, make_original_layout, run_cli, torchrun
 
 HERE = Path(__file__).resolve().parent
 BUCKET = "data"
