@@ -11,11 +11,15 @@ import numpy as np
 import torch
 
 from . import distributed
-from .config import TrainConfig
-from .data import DataError, Problem, Split, index_dataset, write_json
+from .config import ConfigError, TrainConfig
+from .data import Split, index_dataset
 from .distributed import DistInfo
-from .loader import cores_per_process
+from .errors import DataError, Problem
+from .jsonio import write_json
+from .log import logger
 from .pca import PCA, compute_pca, load_pca, pca_cache_name, sample_files, save_pca
+from .placement import Placement
+from .s3 import is_s3_url
 from .scan import CACHE_NAME, ScanCache, decode_check
 
 EXCLUDED_FILE = "excluded.json"
@@ -31,7 +35,13 @@ class PreparedData:
 
 def cache_dirs(config: TrainConfig, data_root: str) -> list[Path]:
     """Caches (PCA, scan results) live next to the data so runs share them, or in the run
-    directory where the data folder is read-only."""
+    directory where the data folder is read-only. Never in a bucket: s3:// data keeps them in
+    --cache-dir (one folder per data set) or the run directory."""
+    if is_s3_url(data_root):
+        from .remote import cache_folder_name
+
+        shared = [Path(config.cache_dir).expanduser() / cache_folder_name(data_root)] if config.cache_dir else []
+        return shared + [Path(config.out) / "cache"]
     return [Path(data_root) / ".alexnet-dali", Path(config.out) / "cache"]
 
 
@@ -48,16 +58,18 @@ def writable_cache(dirs: list[Path]) -> Path | None:
     return None
 
 
-def index(config: TrainConfig, log=print) -> tuple[dict[str, Split], str]:
-    """The train and validation splits, and the local data root."""
+def index(config: TrainConfig, dist_info: DistInfo) -> tuple[dict[str, Split], str]:
+    """The train and validation splits, and the local data root. Every node fetches a URL data
+    set into its own cache; the main process alone lists the data and shares the index."""
     from .remote import local_copy
 
+    splits = ("train", config.val_split)
     root, labels, encoding = local_copy(config.data, config.labels, config.label_encoding, cache_dir=config.cache_dir,
-                                        splits=("train", config.val_split), log=log)
-    return index_dataset(root, labels, encoding, splits=("train", config.val_split)), root
+                                        splits=splits, refresh=config.refresh)
+    return distributed.on_main(dist_info, lambda: index_dataset(root, labels, encoding, splits=splits)), root
 
 
-def scan_splits(splits: list[Split], dist_info: DistInfo, cache_dir: Path | None, log) -> dict[str, str]:
+def scan_splits(splits: list[Split], dist_info: DistInfo, placement: Placement, cache_dir: Path | None) -> dict[str, str]:
     """path -> reason for every image that cannot be decoded. Rank 0 holds the cache; the ranks
     share the decoding of what it does not know."""
     files = sorted({f for s in splits for f in s.files})
@@ -65,9 +77,9 @@ def scan_splits(splits: list[Split], dist_info: DistInfo, cache_dir: Path | None
     known, todo = cache.split(files) if cache else ({}, [])
     known, todo = distributed.broadcast_object((known, todo))
     if todo and dist_info.is_main:
-        log(f"checking that {len(todo)} images decode ({len(files) - len(todo)} known from the cache)")
+        logger.info(f"checking that {len(todo)} images decode ({len(files) - len(todo)} known from the cache)")
     mine = todo[dist_info.rank::dist_info.world_size]
-    results = decode_check(mine, num_threads=cores_per_process(dist_info)) if mine else {}
+    results = decode_check(mine, placement) if mine else {}
     merged: dict[str, str | None] = {}
     for part in distributed.gather_objects(results):
         merged.update(part)
@@ -77,11 +89,15 @@ def scan_splits(splits: list[Split], dist_info: DistInfo, cache_dir: Path | None
     return {**known, **{path: reason for path, reason in merged.items() if reason}}
 
 
-def prepare_data(config: TrainConfig, dist_info: DistInfo, log=print) -> PreparedData:
-    splits, root = index(config, log)
+def prepare_data(config: TrainConfig, dist_info: DistInfo, placement: Placement) -> PreparedData:
+    for option, value in (("--out", config.out), ("--cache-dir", config.cache_dir)):
+        if is_s3_url(value):  # Path() would quietly make a local folder named "s3:"
+            raise ConfigError(f"{option} {value} is in a bucket: checkpoints, logs and caches need a local or shared "
+                              "file system path (the data may stay in the bucket)")
+    splits, root = index(config, dist_info)
     train, val = splits["train"], splits[config.val_split]
     cache_dir = distributed.broadcast_object(writable_cache(cache_dirs(config, root)) if dist_info.is_main else None)
-    bad = scan_splits([train, val], dist_info, cache_dir, log)
+    bad = scan_splits([train, val], dist_info, placement, cache_dir)
     if bad and not config.skip_bad:
         raise DataError([Problem(path, reason) for path, reason in sorted(bad.items())],
                         f"{len(bad)} image(s) cannot be decoded and would stop training mid-epoch; fix or remove "
@@ -92,14 +108,15 @@ def prepare_data(config: TrainConfig, dist_info: DistInfo, log=print) -> Prepare
             out = Path(config.out)
             out.mkdir(parents=True, exist_ok=True)
             write_json(bad, out / EXCLUDED_FILE, indent=2, sort_keys=True)
-            log(f"warning: --skip-bad left out {len(bad)} undecodable image(s), listed in {out / EXCLUDED_FILE}")
+            logger.warning(f"--skip-bad left out {len(bad)} undecodable image(s), listed in {out / EXCLUDED_FILE}")
         if not len(train) or not len(val):
             raise DataError(f"no decodable images left in split {'train' if not len(train) else val.name!r}")
-    pca = training_pca(train, config, dist_info, cache_dir, log)
+    pca = training_pca(train, config, dist_info, placement, cache_dir)
     return PreparedData(train, val, pca, bad)
 
 
-def training_pca(train: Split, config: TrainConfig, dist_info: DistInfo, cache_dir: Path | None, log) -> PCA:
+def training_pca(train: Split, config: TrainConfig, dist_info: DistInfo, placement: Placement,
+                 cache_dir: Path | None) -> PCA:
     """The cached PCA if rank 0 has one (all ranks then use it), else computed by all ranks."""
     files = sample_files(train.files, config.pca_images, config.seed)
     path = cache_dir / pca_cache_name(files) if cache_dir else None
@@ -108,18 +125,17 @@ def training_pca(train: Split, config: TrainConfig, dist_info: DistInfo, cache_d
     if pca is not None:
         return pca
     if dist_info.is_main:
-        log(f"computing the RGB PCA over {len(files)} training images (cached for later runs)")
-    pca = compute_pca(files, device=dist_info.dali_device, device_id=dist_info.dali_device_id,
-                      num_threads=cores_per_process(dist_info), rank=dist_info.rank,
-                      world_size=dist_info.world_size, all_reduce=all_reduce_int64(dist_info))
+        logger.info(f"computing the RGB PCA over {len(files)} training images (cached for later runs)")
+    pca = compute_pca(files, placement, rank=dist_info.rank, world_size=dist_info.world_size,
+                      all_reduce=all_reduce_int64(placement))
     if dist_info.is_main and path:
         save_pca(pca, path)
     return pca
 
 
-def all_reduce_int64(dist_info: DistInfo):
+def all_reduce_int64(placement: Placement):
     def reduce(values: np.ndarray) -> np.ndarray:
-        tensor = torch.from_numpy(values.astype(np.int64)).to(dist_info.device)
+        tensor = torch.from_numpy(values.astype(np.int64)).to(placement.device)
         return distributed.all_reduce_sum(tensor).cpu().numpy()
 
     return reduce

@@ -19,7 +19,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .data import Problem, write_json
+from .errors import Problem
+from .jsonio import write_json
 
 # Leading bytes of the formats DALI decodes.
 SIGNATURES = (
@@ -42,7 +43,7 @@ def image_format(head: bytes) -> str | None:
 def diagnose(path: str) -> str | None:
     """Why this file cannot be decoded, or None if it looks fine."""
     try:
-        data = Path(path).read_bytes()
+        data = read_bytes(path)
     except FileNotFoundError:
         return "missing: the file does not exist"
     except OSError as e:
@@ -76,9 +77,8 @@ class DaliDecodeCheck:
     """Decodes batches of encoded files with DALI's decoder; a failed batch raises and the
     pipeline is rebuilt (after an error a DALI pipeline stays broken)."""
 
-    def __init__(self, device: str, device_id: int | None, batch_size: int, num_threads: int):
-        self.device, self.device_id = device, device_id
-        self.batch_size, self.num_threads = batch_size, num_threads
+    def __init__(self, placement, batch_size: int):
+        self.placement, self.batch_size = placement, batch_size
         self.pipe = None
 
     def _build(self):
@@ -86,11 +86,15 @@ class DaliDecodeCheck:
         import nvidia.dali.types as types
         from nvidia.dali import pipeline_def
 
-        @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id,
+        from .pipelines.common import decode
+
+        args = self.placement.pipeline_args()
+
+        @pipeline_def(batch_size=self.batch_size, num_threads=args["num_threads"], device_id=args["device_id"],
                       prefetch_queue_depth=1, exec_pipelined=False, exec_async=False)
         def decode_only():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
-            return fn.decoders.image(encoded, device="mixed" if self.device == "gpu" else "cpu", output_type=types.RGB)
+            return decode(encoded, args["device"], args["hw_decoder_load"])
 
         self.pipe = decode_only()
         self.pipe.build()
@@ -107,8 +111,22 @@ class DaliDecodeCheck:
             return False
 
 
+def read_bytes(path: str) -> bytes:
+    """A file's bytes; an s3:// object's through boto3 (s3.py)."""
+    if path.startswith("s3://"):
+        from .s3 import read_image
+
+        return read_image(path)
+    return Path(path).read_bytes()
+
+
 def file_key(path: str) -> str | None:
-    """Identity of a file's current content for the cache: path, size, modification time."""
+    """Identity of a file's current content for the cache: path, size, modification time (an
+    s3:// object's: URL, ETag, size, from the listing)."""
+    if path.startswith("s3://"):
+        from .s3 import object_key
+
+        return object_key(path)
     try:
         stat = os.stat(path)
     except OSError:
@@ -158,15 +176,12 @@ class ScanCache:
             pass  # an unwritable cache only costs a rescan next time
 
 
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def decode_check(files: Sequence[str], *, device: str = "cpu", device_id: int | None = None, num_threads: int = 0,
-                 batch_size: int = 64, progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict[str, str | None]:
-    """path -> None if DALI decodes it, else the reason it does not. All cores by default."""
-    threads = num_threads or default_threads()
-    check = DaliDecodeCheck(device, device_id, batch_size, threads)
+def decode_check(files: Sequence[str], placement, *, batch_size: int = 64,
+                 progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict[str, str | None]:
+    """path -> None if DALI decodes it where `placement` (placement.py) says, else the reason it
+    does not."""
+    threads = placement.threads
+    check = DaliDecodeCheck(placement, batch_size)
     results: dict[str, str | None] = {}
     batches = [list(files[i:i + batch_size]) for i in range(0, len(files), batch_size)]
     with ThreadPoolExecutor(max_workers=min(threads, 8)) as pool:
@@ -182,12 +197,12 @@ def decode_check(files: Sequence[str], *, device: str = "cpu", device_id: int | 
     return results
 
 
-def scan_images(files: Sequence[str], *, cache_path: Path | None = None, **decode_options) -> list[Problem]:
+def scan_images(files: Sequence[str], placement, *, cache_path: Path | None = None) -> list[Problem]:
     """Every file that cannot be decoded, with the reason, in the order given; cached."""
     cache = ScanCache(cache_path)
     found, todo = cache.split(files)
     if todo:
-        results = decode_check(todo, **decode_options)
+        results = decode_check(todo, placement)
         cache.record(results)
         cache.save()
         found.update({path: reason for path, reason in results.items() if reason})
@@ -196,6 +211,6 @@ def scan_images(files: Sequence[str], *, cache_path: Path | None = None, **decod
 
 def _read(path: str) -> bytes:
     try:
-        return Path(path).read_bytes()
+        return read_bytes(path)
     except OSError:
         return b""

@@ -9,13 +9,13 @@ from pathlib import Path
 
 from alexnet_dali import distributed
 from alexnet_dali.config import TrainConfig
-from alexnet_dali.loader import LoaderSettings, evaluation_loader, training_loader
+from alexnet_dali.loader import evaluation_loader, training_loader
 from alexnet_dali.prepare import prepare_data
+from alexnet_dali.train import start_process
 
 config = TrainConfig.from_dict(json.loads(Path(sys.argv[1]).read_text()))
-dist_info = distributed.setup("cpu", config.dist_timeout)
-data = prepare_data(config, dist_info, log=lambda *a: None)
-settings = LoaderSettings(1, 1, 2, config.seed, config.lighting)
+dist, placement = start_process(config)
+data = prepare_data(config, dist, placement)
 
 
 def by_index(split):
@@ -23,9 +23,11 @@ def by_index(split):
     return dataclasses.replace(split, labels=tuple(range(len(split.files))))
 
 
-train = [int(i) for _, y in training_loader(by_index(data.train), data.pca, settings, dist_info) for i in y]
-val = [int(i) for _, y in evaluation_loader(by_index(data.val), data.pca, settings, dist_info) for i in y]
-record = {"rank": dist_info.rank, "local_rank": dist_info.local_rank, "node": int(os.environ["GROUP_RANK"]),
+train = [int(i) for _, y in training_loader(by_index(data.train), data.pca, placement, dist, batch_size=1,
+                                            seed=config.seed, lighting=config.lighting, prefetch=2) for i in y]
+val = [int(i) for _, y in evaluation_loader(by_index(data.val), data.pca, placement, dist, batch_size=1,
+                                            prefetch=2) for i in y]
+record = {"rank": dist.rank, "local_rank": dist.local_rank, "node": int(os.environ["GROUP_RANK"]),
           "train": train, "val": val}
-(Path(sys.argv[2]) / f"shard-rank{dist_info.rank}.json").write_text(json.dumps(record))
+(Path(sys.argv[2]) / f"shard-rank{dist.rank}.json").write_text(json.dumps(record))
 distributed.cleanup()

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from alexnet_dali.distributed import ProcessGroupTimeout, meeting_store, setup
+from alexnet_dali.distributed import ProcessGroupTimeout, join, meeting_store, read_env
 from conftest import make_original_layout, run_cli
 from two_nodes import HERE, end_agents, free_port, kill_and_resume, start_agents, train_command, wait_agents
 
@@ -115,7 +115,7 @@ def test_a_rank_whose_store_never_answers_stops_with_one_line(monkeypatch):
     started = time.monotonic()
     with pytest.raises(ProcessGroupTimeout, match=f"rank 1 waited 0.02 min for the rendezvous store at "
                                                   f"127.0.0.1:{port} .* which never answered"):
-        setup("cpu", timeout_min=0.02)
+        join(read_env(), torch.device("cpu"), timeout_min=0.02)
     assert time.monotonic() - started < 10 and not dist.is_initialized()
 
 
