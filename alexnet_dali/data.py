@@ -27,6 +27,8 @@ import json
 import os
 import re
 import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -165,19 +167,66 @@ def _label_sort_key(label: str):
     return (0, int(label), "") if label.isdigit() else (1, 0, label)
 
 
+# Files that operating systems and data sets keep beside images, never images themselves: left
+# out of the index without a word. Hidden entries (.DS_Store, macOS's ._foo, .directory) are
+# ignored as well. Any other file that is not an image is a problem, which --skip-bad passes.
+IGNORED_NAMES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"})  # compared in lower case
+IGNORED_PREFIXES = ("readme", "license", "licence", "copying")  # README.md, LICENSE.txt, ...
+IGNORED_EXTENSIONS = frozenset({".txt", ".md"})  # notes
+
+
+def is_ignored_file_name(name: str) -> bool:
+    """A file left out of the index silently (an image file name never is, unless hidden)."""
+    if name.startswith("."):
+        return True
+    lower = name.lower()
+    return not is_image_name(name) and (lower in IGNORED_NAMES or lower.startswith(IGNORED_PREFIXES)
+                                        or os.path.splitext(lower)[1] in IGNORED_EXTENSIONS)
+
+
+class SkippableProblem(Problem):
+    """A file the index cannot use that --skip-bad may leave out (recorded like an undecodable
+    image): a non-image file, a broken link."""
+
+
+# Where list_dir puts skippable problems instead of reporting them; set by leaving_out_skippable().
+_skipped: ContextVar[list[Problem] | None] = ContextVar("skipped", default=None)
+
+
+@contextmanager
+def leaving_out_skippable():
+    """Index without the files that --skip-bad may leave out; yields the list of them."""
+    skipped: list[Problem] = []
+    token = _skipped.set(skipped)
+    try:
+        yield skipped
+    finally:
+        _skipped.reset(token)
+
+
 def list_dir(folder: Path) -> tuple[list[Path], list[Path], list[Problem]]:
-    """Image files and sub-folders of one folder; anything else is a problem. Hidden entries
-    (.DS_Store, ._foo) and the layouts' metadata files are ignored."""
+    """Image files and sub-folders of one folder; anything else is a problem. Hidden entries,
+    the layouts' metadata files and the IGNORED_* files are ignored."""
     images, folders, problems = [], [], []
+    skipped = _skipped.get()
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
-        if entry.name.startswith(".") or (is_metadata_name(entry.name) and entry.is_file()):
+        if entry.name.startswith("."):
             continue
         if entry.is_dir():
             folders.append(entry)
+            continue
+        if is_ignored_file_name(entry.name) or is_metadata_name(entry.name):
+            continue
+        if entry.is_symlink() and not entry.exists():  # named as the data set holds it, not by its target
+            problem = SkippableProblem(str(entry), f"broken symbolic link: its target {os.readlink(entry)} does "
+                                                   "not exist (--skip-bad leaves it out)")
         elif is_image_name(entry.name):
             images.append(entry)
+            continue
         else:
-            problems.append(Problem(str(entry), f"not an image file name (extension {entry.suffix or 'none'!r})"))
+            problem = SkippableProblem(str(entry), f"not an image file name (extension {entry.suffix or 'none'!r}; "
+                                                   "--skip-bad leaves it out)")
+        (skipped if skipped is not None else problems).append(problem)
     return images, folders, problems
 
 

@@ -4,6 +4,7 @@ image, compute (or load) the PCA. Each problem surfaces here, named, before any 
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,11 +13,11 @@ import torch
 
 from . import distributed
 from .config import TrainConfig
-from .data import DataError, Problem, Split, index_dataset, write_json
+from .data import DataError, Problem, Split, index_dataset, leaving_out_skippable, write_json
 from .distributed import DistInfo
 from .loader import cores_per_process
 from .pca import PCA, compute_pca, load_pca, pca_cache_name, sample_files, save_pca
-from .scan import CACHE_NAME, ScanCache, decode_check
+from .scan import CACHE_NAME, ScanCache, ScanInterrupted, data_cache_dir, decode_check, pixel_bounded_batch, save_scanned
 
 EXCLUDED_FILE = "excluded.json"
 
@@ -26,13 +27,13 @@ class PreparedData:
     train: Split
     val: Split
     pca: PCA
-    excluded: dict  # path -> reason, for files left out by --skip-bad
+    excluded: dict  # path -> reason, for files left out by --skip-bad (undecodable, not images, broken links)
 
 
 def cache_dirs(config: TrainConfig, data_root: str) -> list[Path]:
     """Caches (PCA, scan results) live next to the data so runs share them, or in the run
     directory where the data folder is read-only."""
-    return [Path(data_root) / ".alexnet-dali", Path(config.out) / "cache"]
+    return [data_cache_dir(data_root), Path(config.out) / "cache"]
 
 
 def writable_cache(dirs: list[Path]) -> Path | None:
@@ -48,13 +49,16 @@ def writable_cache(dirs: list[Path]) -> Path | None:
     return None
 
 
-def index(config: TrainConfig, log=print) -> tuple[dict[str, Split], str]:
-    """The train and validation splits, and the local data root."""
+def index(config: TrainConfig, log=print) -> tuple[dict[str, Split], str, dict[str, str]]:
+    """The train and validation splits, the local data root, and (with --skip-bad) the files
+    left out of them that are not images or are broken links: path -> reason."""
     from .remote import local_copy
 
     root, labels, encoding = local_copy(config.data, config.labels, config.label_encoding, cache_dir=config.cache_dir,
                                         splits=("train", config.val_split), log=log)
-    return index_dataset(root, labels, encoding, splits=("train", config.val_split)), root
+    with leaving_out_skippable() if config.skip_bad else nullcontext([]) as skipped:
+        splits = index_dataset(root, labels, encoding, splits=("train", config.val_split))
+    return splits, root, {p.path: p.reason for p in skipped}
 
 
 def scan_splits(splits: list[Split], dist_info: DistInfo, cache_dir: Path | None, log) -> dict[str, str]:
@@ -67,32 +71,39 @@ def scan_splits(splits: list[Split], dist_info: DistInfo, cache_dir: Path | None
     if todo and dist_info.is_main:
         log(f"checking that {len(todo)} images decode ({len(files) - len(todo)} known from the cache)")
     mine = todo[dist_info.rank::dist_info.world_size]
-    results = decode_check(mine, num_threads=cores_per_process(dist_info)) if mine else {}
+    try:
+        results = decode_check(mine, num_threads=cores_per_process(dist_info)) if mine else {}
+    except ScanInterrupted as stop:  # Ctrl-C: keep what this process checked (rank 0 holds the cache)
+        if cache is not None:
+            save_scanned(cache, stop.results, len(todo))
+        raise ScanInterrupted(stop.results, len(todo)) from None
     merged: dict[str, str | None] = {}
     for part in distributed.gather_objects(results):
         merged.update(part)
     if cache is not None and merged:
-        cache.record(merged)
-        cache.save()
+        save_scanned(cache, merged, len(todo))
     return {**known, **{path: reason for path, reason in merged.items() if reason}}
 
 
 def prepare_data(config: TrainConfig, dist_info: DistInfo, log=print) -> PreparedData:
-    splits, root = index(config, log)
+    splits, root, not_images = index(config, log)
     train, val = splits["train"], splits[config.val_split]
     cache_dir = distributed.broadcast_object(writable_cache(cache_dirs(config, root)) if dist_info.is_main else None)
-    bad = scan_splits([train, val], dist_info, cache_dir, log)
-    if bad and not config.skip_bad:
-        raise DataError([Problem(path, reason) for path, reason in sorted(bad.items())],
-                        f"{len(bad)} image(s) cannot be decoded and would stop training mid-epoch; fix or remove "
-                        "them, or pass --skip-bad to train without them")
+    undecodable = scan_splits([train, val], dist_info, cache_dir, log)
+    if undecodable and not config.skip_bad:
+        raise DataError([Problem(path, reason) for path, reason in sorted(undecodable.items())],
+                        f"{len(undecodable)} image(s) cannot be decoded and would stop training mid-epoch; fix or "
+                        "remove them, or pass --skip-bad to train without them")
+    bad = {**not_images, **undecodable}
     if bad:
-        train, val = train.without(set(bad)), val.without(set(bad))
+        train, val = train.without(set(undecodable)), val.without(set(undecodable))
         if dist_info.is_main:
             out = Path(config.out)
             out.mkdir(parents=True, exist_ok=True)
             write_json(bad, out / EXCLUDED_FILE, indent=2, sort_keys=True)
-            log(f"warning: --skip-bad left out {len(bad)} undecodable image(s), listed in {out / EXCLUDED_FILE}")
+            left_out = [f"{len(undecodable)} undecodable image(s)" if undecodable else "",
+                        f"{len(not_images)} file(s) that are not images or are broken links" if not_images else ""]
+            log(f"warning: --skip-bad left out {' and '.join(filter(None, left_out))}, listed in {out / EXCLUDED_FILE}")
         if not len(train) or not len(val):
             raise DataError(f"no decodable images left in split {'train' if not len(train) else val.name!r}")
     pca = training_pca(train, config, dist_info, cache_dir, log)
@@ -109,8 +120,9 @@ def training_pca(train: Split, config: TrainConfig, dist_info: DistInfo, cache_d
         return pca
     if dist_info.is_main:
         log(f"computing the RGB PCA over {len(files)} training images (cached for later runs)")
+    # a batch of at most MAX_SCAN_PIXELS pixels, as the scan: a folder of huge photos stays in bounded memory
     pca = compute_pca(files, device=dist_info.dali_device, device_id=dist_info.dali_device_id,
-                      num_threads=cores_per_process(dist_info), rank=dist_info.rank,
+                      batch_size=pixel_bounded_batch(files, 64), num_threads=cores_per_process(dist_info), rank=dist_info.rank,
                       world_size=dist_info.world_size, all_reduce=all_reduce_int64(dist_info))
     if dist_info.is_main and path:
         save_pca(pca, path)
