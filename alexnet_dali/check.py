@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .data import DataError, Problem, check_same_classes, images_root, index_dataset, is_image_name, split_folder
-from .scan import scan_images
+from .scan import CACHE_NAME, data_cache_dir, scan_images
 
 TRAINING_SPLITS = ("train", "val")
 
@@ -25,8 +25,11 @@ def image_files(folder: Path) -> list[str]:
                                                                         p.relative_to(folder).parts))
 
 
-def check_dataset(data, labels=None, label_encoding=None, *, splits: list[str] | None = None, threads: int = 0) -> dict:
-    """{"ok": bool, "images": {split: count}, "classes": [class labels], "problems": [{"path", "reason"}]}"""
+def check_dataset(data, labels=None, label_encoding=None, *, splits: list[str] | None = None, threads: int = 0,
+                  cache: bool = True) -> dict:
+    """{"ok": bool, "images": {split: count}, "classes": [class labels], "problems": [{"path", "reason"}]}
+    The decode results are cached where train looks first (DATA/.alexnet-dali), so a train
+    after a check decodes nothing again."""
     # Without a label JSON the splits may be ImageNet's, kept under ILSVRC/Data/CLS-LOC.
     root = images_root(data) if labels is None else Path(data)
     names = splits or present_splits(root)
@@ -53,7 +56,7 @@ def check_dataset(data, labels=None, label_encoding=None, *, splits: list[str] |
         # decode every image file of the split, labelled or not: a label problem hides no decode problem
         files = image_files(root / name)
         images[name] = len(files)
-        problems += scan_images(files, num_threads=threads)
+        problems += scan_images(files, num_threads=threads, cache_path=data_cache_dir(data) / CACHE_NAME if cache else None)
     first = next(iter(indexed.values()), None)
     return {
         "ok": not problems,
