@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 import time
 import typing
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .scan import ScanInterrupted
     from .train import TrainingInterrupted
 
     args = build_parser().parse_args(argv)
@@ -108,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as e:
         print(str(e), file=sys.stderr)
         return 128 + e.signum
+    except ScanInterrupted as e:  # Ctrl-C during check's or train's scan: what was checked is cached
+        print(str(e), file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 # -- verbs -------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from .distributed import resolve_device
 from .loader import MAX_GPU_PIPELINE_THREADS, cpu_count
 from .model import AlexNetModule
 from .pca import PCA
-from .scan import diagnose_bytes
+from .scan import diagnose_bytes, quiet_native_log
 
 
 def tencrop_probabilities(net: nn.Module, crops: torch.Tensor, autocast: bool = False) -> torch.Tensor:
@@ -111,8 +111,9 @@ class Predictor:
 
         pipe = self._pipeline()
         try:
-            pipe.feed_input(ENCODED_INPUT, [np.frombuffer(b, dtype=np.uint8) for b in blobs])
-            (output,) = pipe.run()
+            with quiet_native_log():  # a bad file: our DataError names it, DALI's own [ERROR] lines stay out
+                pipe.feed_input(ENCODED_INPUT, [np.frombuffer(b, dtype=np.uint8) for b in blobs])
+                (output,) = pipe.run()
         except RuntimeError:
             self._pipe = None
             problems = [Problem(name, reason) for name, blob in zip(names, blobs) if (reason := diagnose_bytes(blob))]
