@@ -156,6 +156,26 @@ def pixel_batches(pixels: Sequence[int | None], max_count: int, max_pixels: int)
 NATIVE_LOG_LINE = re.compile(rb"^(\x1b\[[0-9;]*m)*\[(FATAL|ERROR|WARNING|INFO|DEBUG|TRACE)\] ")
 
 
+@contextmanager
+def deferred_interrupt():
+    """Hold back Ctrl-C (SIGINT) until the block is done, then act on it as the handler before
+    would have (Python's raises KeyboardInterrupt), so the block is never left half-done: a
+    file half-written, stderr left redirected. Only the main thread receives Python's signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and callable(previous):  # Ctrl-C wins over an error of the block
+            previous(signal.SIGINT, None)
+        elif received and previous == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGINT)
+
+
 class _StderrCapture:
     """fd 2 pointed at a temporary file while any thread is inside quiet_native_log()."""
 
@@ -169,6 +189,12 @@ class _StderrCapture:
 def quiet_native_log():
     """Run a DALI decode with the native libraries' log lines kept out of stderr. Everything
     else written to stderr meanwhile is passed on when the block ends."""
+    with deferred_interrupt(), _redirected_stderr():
+        yield
+
+
+@contextmanager
+def _redirected_stderr():
     state = _StderrCapture
     with state.lock:
         if state.depth == 0:
@@ -294,23 +320,6 @@ class ScanCache:
                 write_json(self.entries, self.path)
         except OSError:
             pass  # an unwritable cache only costs a rescan next time
-
-
-@contextmanager
-def deferred_interrupt():
-    """Hold back Ctrl-C (SIGINT) until the block is done, then raise KeyboardInterrupt, so what
-    the block writes is never left half-written. Only the main thread can install handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
 
 
 def data_cache_dir(data_root: str | os.PathLike) -> Path:
