@@ -5,25 +5,30 @@
     model.predict("a.jpg")            # [num_classes], sums to 1
     model.predict_n("a.jpg", n=5)     # [(label, probability), ...]
     model.save("model.pt"); AlexNet.load("model.pt")
+
+The model's state (weights, optimiser, schedule, history) lives in memory: `fit` continues it,
+whatever was done to `model.net` in between, and never reads it back from a run directory.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import save_checkpoint
 from .config import TrainConfig
-from .distributed import DistInfo, resolve_device
-from .model import AlexNetModule
-from .pca import PCA
-from .predict import Predictor, full_names
-from .prepare import prepare_data
-from .train import HISTORY_KEYS, train
+from .log import logger, setup_logging
+from .predict import Predictor
+from .prepare import PreparedData, prepare_data
+from .state import TrainState, load_state
+from .train import new_state, start_process, train
+
+PREDICT_BATCH = 32  # images per ten-crop batch (320 views through the network)
 
 
 def default_run_dir() -> str:
@@ -31,49 +36,80 @@ def default_run_dir() -> str:
 
 
 class AlexNet:
-    """A trainable, saveable AlexNet bound to a data set (or, after `load`, to none)."""
+    """A trainable, saveable AlexNet bound to a data set (or, after `load`, to the one it was
+    trained on, if that is still there)."""
 
     def __init__(self, data_path: str | Path, label_path: str | Path | None = None,
                  label_encoding: str | Path | None = None, *, batch_size: int = 128, device: str = "auto",
                  out_dir: str | Path | None = None, verbose: bool = True, **options):
         """Index the data, check every image decodes, and compute (or load the cached) RGB PCA.
         `options` are any other TrainConfig fields (lr, epochs, lighting, groups, seed, ...)."""
-        self.config = TrainConfig(
+        config = TrainConfig(
             data=str(data_path), labels=None if label_path is None else str(label_path),
             label_encoding=None if label_encoding is None else str(label_encoding), batch_size=batch_size,
             device=device, out=str(out_dir) if out_dir is not None else default_run_dir(), **options,
         )
-        self._log = print if verbose else (lambda *a, **k: None)
-        kind = resolve_device(device)
-        torch_device = torch.device("cuda", torch.cuda.current_device()) if kind == "gpu" else torch.device("cpu")
-        self.data = prepare_data(self.config, DistInfo(0, 0, 1, 1, torch_device), self._log)
-        self.pca: PCA = self.data.pca
-        self.classes: tuple[str, ...] = self.data.train.classes
-        self.class_names: tuple[str, ...] = full_names(self.data.train.class_names, len(self.classes))
-        torch.manual_seed(self.config.seed)  # the same initial weights as `alexnet-dali train --seed`
-        self.net = AlexNetModule(len(self.classes), self.config.groups, self.config.dropout)
-        self.history: dict = {key: [] for key in HISTORY_KEYS}
+        self._start(config, verbose)
+        self.data: PreparedData | None = prepare_data(config, self._dist, self._placement)
+        self.state: TrainState = new_state(config, self.data)
+
+    def _start(self, config: TrainConfig, verbose: bool) -> None:
+        self.config = config
+        setup_logging(0)
+        logger.setLevel(logging.INFO if verbose else logging.WARNING)
+        self._dist, self._placement = start_process(config)
         self._predictor: Predictor | None = None
+
+    # -- what the model holds --------------------------------------------------------------------
+    @property
+    def net(self):
+        """The torch.nn.Module (AlexNetModule); `fit` and `predict` use whatever it holds now."""
+        return self.state.bundle.net
+
+    @net.setter
+    def net(self, net) -> None:
+        if net.num_classes != len(self.classes):
+            raise ValueError(f"the network has {net.num_classes} outputs, this model has {len(self.classes)} classes")
+        self.state.bundle.net = net
+        self._predictor = None
+
+    @property
+    def pca(self):
+        return self.state.bundle.pca
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.state.bundle.classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.state.bundle.class_names
+
+    @property
+    def history(self) -> dict:
+        return self.state.history
 
     # -- training ------------------------------------------------------------------------------
     def fit(self, epochs: int = 1) -> dict:
-        """Train `epochs` more epochs (a second call continues the first, optimiser state and lr
-        schedule included). Returns the history: per-epoch lists of loss, accuracy, top5,
-        val_loss, val_accuracy, val_top5, lr, images_per_sec."""
-        if self.config.data == "":
-            raise RuntimeError("this model was loaded without a data set; build AlexNet(data_path, ...) to train")
-        done = len(self.history["loss"])
-        config = self.config.replace(epochs=done + epochs, resume=done > 0)
-        result = train(config, net=self.net, data=self.data, log=self._log)
-        self.history, self.net = result.history, result.net
+        """Train `epochs` more epochs, continuing from the model's current weights (optimiser state
+        and lr schedule included, where it has them). Returns the history: per-epoch lists of
+        loss, accuracy, top5, val_loss, val_accuracy, val_top5, lr, images_per_sec."""
+        if epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {epochs}")
+        if self.data is None:
+            if not self.config.data:
+                raise RuntimeError("this model has no data set to train on: build AlexNet(data_path, ...) and copy "
+                                   "the weights into its net, or save a model that records its data")
+            self.data = prepare_data(self.config, self._dist, self._placement)
+        config = self.config.replace(epochs=self.state.epoch + epochs)
+        self.state = train(config, self.state, data=self.data, dist=self._dist, placement=self._placement)
         self._predictor = None
         return self.history
 
     # -- inference -------------------------------------------------------------------------------
     def _predictor_for_use(self) -> Predictor:
         if self._predictor is None:
-            self._predictor = Predictor(self.net, self.pca, self.classes, device=self.config.device,
-                                        class_names=self.class_names)
+            self._predictor = Predictor(self.state.bundle, self._placement, batch_size=PREDICT_BATCH)
         return self._predictor
 
     def predict(self, images: str | Path | Sequence[str | Path]) -> np.ndarray:
@@ -84,32 +120,27 @@ class AlexNet:
 
     def predict_n(self, image: str | Path, n: int = 5) -> list[tuple[str, float]]:
         """The n most likely (label, probability) pairs, most likely first."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
         return self._predictor_for_use().top(self.predict(image), n)
 
     # -- persistence -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """One file with everything prediction needs: weights, class names, PCA, config, history."""
-        return save_checkpoint({
-            "model": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-            "classes": list(self.classes), "class_names": list(self.class_names), "pca": self.pca.to_dict(),
-            "config": self.config.to_dict(),
-            "history": self.history, "epoch": len(self.history["loss"]),
-        }, path)
+        """One file with everything prediction needs: weights, classes, PCA, config, history."""
+        return save_checkpoint(self.state.model_only().to_dict(), path)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> AlexNet:
-        """A model from `save` or a training checkpoint (last.pt, best.pt); needs no data set."""
-        state = load_checkpoint(path)
+    def load(cls, path: str | Path, device: str = "auto", *, out_dir: str | Path | None = None,
+             verbose: bool = True) -> AlexNet:
+        """A model from `save` or a training checkpoint (last.pt, best.pt); needs no data set to
+        predict. `fit` trains its weights on the data it was trained on, into `out_dir` (default:
+        a new run directory)."""
+        state = load_state(path)
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        saved = {key: value for key, value in state.config.items() if key in known}
+        config = TrainConfig.from_dict({**saved, "device": device, "resume": False,
+                                        "out": str(out_dir) if out_dir is not None else default_run_dir()})
         model = cls.__new__(cls)
-        saved = state.get("config", {})
-        model.config = TrainConfig.from_dict({**saved, "device": device}) if saved else TrainConfig(device=device)
-        model._log = print
-        model.data = None
-        model.pca = PCA.from_dict(state["pca"])
-        model.classes = tuple(state["classes"])
-        model.class_names = full_names(state.get("class_names", ()), len(model.classes))
-        model.net = AlexNetModule(len(model.classes), model.config.groups, model.config.dropout)
-        model.net.load_state_dict(state["model"])
-        model.history = {key: list(state.get("history", {}).get(key, [])) for key in HISTORY_KEYS}
-        model._predictor = None
+        model._start(config, verbose)
+        model.data, model.state = None, state
         return model

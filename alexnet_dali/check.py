@@ -3,60 +3,57 @@ is listed (path and reason) rather than the first one raised."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from .data import DataError, Problem, check_same_classes, images_root, index_dataset, is_image_name, split_folder
+from .data import check_root, images_root, index_splits, is_image_name, open_tree
+from .errors import DataError, Problem
 from .scan import CACHE_NAME, data_cache_dir, scan_images
+from .tree import LocalTree, join
 
 TRAINING_SPLITS = ("train", "val")
 
 
-def present_splits(data: str | Path) -> list[str]:
-    root = Path(data)
-    if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist" if not root.exists() else f"{root} is not a folder")
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+def present_splits(tree, root: str) -> list[str]:
+    return [name for name in tree.entries(root)[1] if not name.startswith(".")]
 
 
-def image_files(folder: Path) -> list[str]:
+def image_files(tree, folder: str) -> list[str]:
     """Every image file under a split folder (class folders included), hidden entries skipped."""
-    return sorted(str(p.resolve()) for p in folder.rglob("*")
-                  if p.is_file() and is_image_name(p.name) and not any(part.startswith(".") for part in
-                                                                        p.relative_to(folder).parts))
+    names, folders = tree.entries(folder)
+    found = [tree.location(join(folder, n)) for n in names if not n.startswith(".") and is_image_name(n)]
+    for sub in folders:
+        if not sub.startswith("."):
+            found += image_files(tree, join(folder, sub))
+    return sorted(found)
 
 
-def check_dataset(data, labels=None, label_encoding=None, *, splits: list[str] | None = None, threads: int = 0,
+def check_dataset(data, labels, label_encoding, placement, *, splits: list[str] | None = None,
                   cache: bool = True) -> dict:
     """{"ok": bool, "images": {split: count}, "classes": [class labels], "problems": [{"path", "reason"}]}
-    The decode results are cached where train looks first (DATA/.alexnet-dali), so a train
-    after a check decodes nothing again."""
+    A local data set's decode results are cached where train looks first (DATA/.alexnet-dali),
+    so a train after a check decodes nothing again."""
+    tree = open_tree(data)
+    check_root(tree)
     # Without a label JSON the splits may be ImageNet's, kept under ILSVRC/Data/CLS-LOC.
-    root = images_root(data) if labels is None else Path(data)
-    names = splits or present_splits(root)
+    root = images_root(tree) if labels is None else ""
+    names = splits or present_splits(tree, root)
     if not names:
-        raise DataError(f"{data} has no split folders (expected train/, val/, ...)")
+        raise DataError(f"{tree.name(root)} has no split folders (expected train/, val/, ...)")
+    for name in splits or ():  # a split asked for by name but absent is a usage error
+        if not tree.is_dir(join(root, name)):
+            raise DataError(f"missing split {name!r}: {tree.name(join(root, name))} does not exist")
     problems: list[Problem] = []
     if splits is None:  # what training needs, even when the folder is not there
-        problems += [Problem(str(root / name), f"missing split {name!r}: training needs {root}/train and {root}/val")
+        problems += [Problem(tree.name(join(root, name)), f"missing split {name!r}: training needs "
+                                                         f"{tree.name(join(root, 'train'))} and {tree.name(join(root, 'val'))}")
                      for name in TRAINING_SPLITS if name not in names]
+    indexed, found = index_splits(tree, labels, label_encoding, splits=tuple(names))
+    problems += found
     images: dict[str, int] = {}
-    indexed = {}
-    for name in names:
-        split_folder(root, name)  # a split asked for by name but absent is a usage error, raised as such
-        try:
-            indexed[name] = index_dataset(data, labels, label_encoding, splits=(name,))[name]
-        except DataError as e:
-            problems += e.problems
-    if len(indexed) > 1 and labels is None:
-        try:
-            check_same_classes(indexed)
-        except DataError as e:
-            problems += e.problems
+    cache_path = data_cache_dir(tree.root) / CACHE_NAME if cache and isinstance(tree, LocalTree) else None
     for name in names:
         # decode every image file of the split, labelled or not: a label problem hides no decode problem
-        files = image_files(root / name)
+        files = image_files(tree, join(root, name))
         images[name] = len(files)
-        problems += scan_images(files, num_threads=threads, cache_path=data_cache_dir(data) / CACHE_NAME if cache else None)
+        problems += scan_images(files, placement, cache_path=cache_path)
     first = next(iter(indexed.values()), None)
     return {
         "ok": not problems,

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 FORMAT = "alexnet-dali-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the typed state (state.py) adds arch, precision, warmup; format 1 loads too
 LAST = "last.pt"
 PREVIOUS = "previous.pt"
 BEST = "best.pt"

@@ -10,37 +10,46 @@ import dataclasses
 import json
 import signal
 import sys
-import time
 import typing
-from pathlib import Path
 
 from . import __version__
 from .config import ConfigError, TrainConfig
 
 EXIT_BAD_INPUT = 2
-DEMO_BATCH, DEMO_LR = 32, 0.001
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+DATA_OPTIONS = ("labels", "label_encoding", "cache_dir", "refresh")  # how every verb that reads a data set is told its labels
+DEVICE_OPTIONS = ("device", "dali_threads", "hw_decoder_load")  # where every verb decodes and computes
 
 
-def add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ("data",)) -> None:
-    """One option per TrainConfig field, with its type, default and help text."""
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def add_config_options(parser: argparse.ArgumentParser, names, *, defaults: dict | None = None) -> None:
+    """One option per named TrainConfig field, with its type, default and help text (`defaults`
+    replaces a field's default for this verb: (value, what to show))."""
     hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in skip:
+    for name in names:
+        f = FIELDS[name]
+        flag = "--" + name.replace("_", "-")
+        default, shown = (defaults or {}).get(name, (f.default, f.default))
+        help_text = f.metadata["help"]
+        if hints[name] is bool:
+            parser.add_argument(flag, action="store_true", default=default, help=help_text)
             continue
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
-        kind = hints[f.name]
-        if kind is bool:
-            parser.add_argument(flag, action="store_true", default=f.default, help=help_text)
-            continue
-        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
-        parser.add_argument(flag, type=base, default=f.default, metavar=f.name.upper(),
-                            help=f"{help_text} (default: {f.default})")
+        base = next((a for a in typing.get_args(hints[name]) if a is not type(None)), hints[name])
+        choices = f.metadata.get("choices")
+        if "default" not in help_text:
+            help_text += f" (default: {shown})"
+        parser.add_argument(flag, type=base, default=default, choices=choices, help=help_text,
+                            metavar=None if choices else name.upper())
 
 
 def config_from_args(args: argparse.Namespace, **fixed) -> TrainConfig:
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
+    values = {k: v for k, v in vars(args).items() if k in FIELDS}
     return TrainConfig.from_dict({**values, **fixed})
 
 
@@ -55,49 +64,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = verbs.add_parser("demo", help="make a small data set, train on it, predict (the embedded default)")
     demo.add_argument("--out", default="alexnet-demo", help="folder for the demo data and run (default: alexnet-demo)")
-    demo.add_argument("--epochs", type=int, default=12, help="epochs to train (default: 12)")
-    demo.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--epochs", type=positive_int, default=12, help="epochs to train (default: 12)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the data and the run (default: 0)")
+    add_config_options(demo, ["device"])
 
     train = verbs.add_parser("train", help="train on DATA (one process, or one per GPU under torchrun)")
     train.add_argument("data", help="data root or http(s) URL: DATA/train and DATA/val")
-    add_config_options(train)
+    add_config_options(train, [name for name in FIELDS if name != "data"])
 
+    # Prediction: the model's own precision unless told; images per batch, not a global batch.
+    inference = {"precision": (None, "the precision the model was trained in")}
     predict = verbs.add_parser("predict", help="ten-crop predictions for images with a saved model")
     predict.add_argument("model", help="a checkpoint (last.pt, best.pt) or a file from AlexNet.save")
     predict.add_argument("images", nargs="+", help="image files; a folder stands for its images")
-    predict.add_argument("--topk", type=int, default=5, help="classes shown per image (default: 5)")
+    predict.add_argument("--topk", type=positive_int, default=5, help="classes shown per image (default: 5)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
-    predict.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
-    predict.add_argument("--batch-size", type=int, default=32, help="images per DALI/model batch")
+    add_config_options(predict, [*DEVICE_OPTIONS, "precision"], defaults=inference)
+    predict.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default: 32)")
 
     evaluate = verbs.add_parser("evaluate", help="top-1 / top-5 accuracy and error of a model on a split")
-    evaluate.add_argument("model")
+    evaluate.add_argument("model", help="a checkpoint (last.pt, best.pt) or a file from AlexNet.save")
     evaluate.add_argument("data", help="data root or http(s) URL (the split is downloaded into the cache)")
-    evaluate.add_argument("--split", default="val")
+    evaluate.add_argument("--split", default="val", help="split to evaluate (default: val)")
     evaluate.add_argument("--ten-crop", action="store_true", help="average ten views per image (the paper's test)")
-    evaluate.add_argument("--labels", default=None)
-    evaluate.add_argument("--label-encoding", default=None)
-    evaluate.add_argument("--cache-dir", default=None, help=CACHE_HELP)
-    evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
-    evaluate.add_argument("--batch-size", type=int, default=32)
-    evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_config_options(evaluate, [*DATA_OPTIONS, *DEVICE_OPTIONS, "precision"], defaults=inference)
+    evaluate.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default: 32)")
 
     check = verbs.add_parser("check", help="does every image decode, is every image labelled?")
     check.add_argument("data", help="data root or http(s) URL (the splits are downloaded into the cache)")
-    check.add_argument("--labels", default=None)
-    check.add_argument("--label-encoding", default=None)
-    check.add_argument("--cache-dir", default=None, help=CACHE_HELP)
     check.add_argument("--split", action="append", default=None,
                        help="split to check (repeatable; default: every split folder present)")
     check.add_argument("--json", action="store_true", help="print JSON instead of text")
-    check.add_argument("--threads", type=int, default=0, help="decoder threads (default: every core)")
+    add_config_options(check, [*DATA_OPTIONS, "device", "hw_decoder_load"])
+    check.add_argument("--threads", type=positive_int, default=None,
+                       help="decoder threads (default: every core on a CPU, the training cap on a GPU)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
-    from .data import DataError
+    from .errors import DataError
     from .scan import ScanInterrupted
     from .train import TrainingInterrupted
 
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingInterrupted as e:
-        print(str(e), file=sys.stderr)
+        print(f"{e}; run the same command with --resume to continue", file=sys.stderr)
         return 128 + e.signum
     except ScanInterrupted as e:  # Ctrl-C during check's or train's scan: what was checked is cached
         print(str(e), file=sys.stderr)
@@ -117,66 +124,57 @@ def main(argv: list[str] | None = None) -> int:
 
 # -- verbs -------------------------------------------------------------------------------------
 
-CACHE_HELP = "where URL data sets are downloaded (default: ~/.cache/alexnet-dali)"
+def placement_from_args(args, threads: int | None = None):
+    from .placement import place
+
+    return place(args.device, threads=threads if threads is not None else args.dali_threads,
+                 hw_decoder_load=args.hw_decoder_load)
 
 
 def local_data(args, splits) -> tuple[str, str | None, str | None]:
-    """DATA, --labels and --label-encoding on this machine (a URL's splits downloaded). Progress
-    goes to stderr, so --json output stays clean."""
+    """DATA, --labels and --label-encoding on this machine (a URL's splits downloaded)."""
     from .remote import local_copy
 
     return local_copy(args.data, args.labels, args.label_encoding, cache_dir=args.cache_dir, splits=splits,
-                      log=lambda *a: print(*a, file=sys.stderr))
+                      refresh=args.refresh)
 
 
 def run_train(args) -> int:
-    from .train import train
+    from . import distributed
+    from .log import setup_logging
+    from .train import resume_state, start_process, train
 
-    train(config_from_args(args))
+    config = config_from_args(args)
+    dist, placement = start_process(config)
+    setup_logging(dist.rank)
+    try:
+        train(config, resume_state(config), dist=dist, placement=placement)
+    finally:
+        distributed.cleanup()
     return 0
 
 
 def run_demo(args) -> int:
-    from .api import AlexNet
-    from .demo import make_demo_dataset
+    from .demo import run_demo as demo
+    from .log import setup_logging
 
-    out = Path(args.out)
-    if (out / "run" / "last.pt").exists():
-        from .checkpoint import CheckpointError
-
-        raise CheckpointError(f"{out} already holds a demo run; remove it or pass --out for a new one")
-    started = time.perf_counter()
-    paths = make_demo_dataset(out / "data", seed=args.seed)
-    print(f"demo data: {paths['data']} (train/val/test JPEGs, labels.json, label_encoding.json)")
-    # Five classes and 200 images: the paper's lr 0.01 (for batch 128 over 1000 classes) blows the
-    # freshly initialised net up in its first steps here, so the demo takes batch 32 and lr 0.001.
-    model = AlexNet(paths["data"], paths["labels"], paths["label_encoding"], batch_size=DEMO_BATCH, lr=DEMO_LR,
-                    device=args.device, out_dir=out / "run", seed=args.seed)
-    history = model.fit(epochs=args.epochs)
-    saved = model.save(out / "model.pt")
-    tests = sorted((out / "data" / "test").glob("*.jpg"))
-    probabilities = model.predict(tests)
-    hits = sum(model.classes[int(p.argmax())] in t.name for p, t in zip(probabilities, tests))
-    print("\nten-crop predictions on the held-out test images:")
-    for path, p in list(zip(tests, probabilities))[:5]:
-        print(f"  {path.name:28s} -> {model.classes[int(p.argmax())]} ({p.max():.0%})")
-    print(f"  ... {hits}/{len(tests)} test images right")
-    print(f"\nvalidation top-1 {history['val_accuracy'][-1]:.1%} after {len(history['loss'])} epochs "
-          f"(chance: {1 / len(model.classes):.0%}); {time.perf_counter() - started:.0f} s in all")
-    print(f"run directory: {model.config.out} (history.json, last.pt, best.pt, tensorboard/)")
-    print(f"saved model: {saved}; try: alexnet-dali predict {saved} {tests[0]}")
-    return 0
+    setup_logging(0)
+    return demo(args.out, epochs=args.epochs, device=args.device, seed=args.seed)
 
 
 def run_predict(args) -> int:
+    from .log import setup_logging
     from .predict import Predictor, expand_paths
 
-    predictor = Predictor.from_checkpoint(args.model, device=args.device, batch_size=args.batch_size)
+    setup_logging(0, "stderr")
+    predictor = Predictor.from_checkpoint(args.model, placement_from_args(args), batch_size=args.batch_size,
+                                          precision=args.precision)
     paths = expand_paths(args.images)
     probabilities = predictor.predict_files(paths)
-    names = dict(zip(predictor.classes, predictor.class_names))
-    results = [{"image": path, "top": [{"label": label, "name": names[label], "probability": p}
-                                       for label, p in predictor.top(row, args.topk)]}
+    names = dict(zip(predictor.classes, predictor.bundle.class_names))
+    results = [{"image": path, "precision": predictor.precision,
+                "top": [{"label": label, "name": names[label], "probability": p}
+                        for label, p in predictor.top(row, args.topk)]}
                for path, row in zip(paths, probabilities)]
     if args.json:
         print(json.dumps(results, indent=2))
@@ -191,22 +189,25 @@ def run_predict(args) -> int:
 
 def run_evaluate(args) -> int:
     from .data import index_dataset
-    from .predict import Predictor, evaluate_split
+    from .errors import DataError
+    from .evaluate import evaluate_split
+    from .log import setup_logging
+    from .state import load_state
 
-    predictor = Predictor.from_checkpoint(args.model, device=args.device, batch_size=args.batch_size)
+    setup_logging(0, "stderr")
+    placement = placement_from_args(args)
+    bundle = load_state(args.model).bundle
     split = index_dataset(*local_data(args, [args.split]), splits=(args.split,))[args.split]
-    if tuple(split.classes) != predictor.classes:
-        from .data import DataError
-
+    if split.classes != bundle.classes:
         raise DataError(f"the classes of {args.data} ({len(split.classes)}) differ from the model's "
-                        f"({len(predictor.classes)}); pass the label encoding the model was trained with")
-    result = evaluate_split(predictor.net, predictor.pca, split, ten_crop=args.ten_crop, device=args.device,
-                            batch_size=args.batch_size)
+                        f"({len(bundle.classes)}); pass the label encoding the model was trained with")
+    result = evaluate_split(bundle, split, placement, ten_crop=args.ten_crop, batch_size=args.batch_size,
+                            precision=args.precision)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         mode = "ten-crop" if args.ten_crop else "centre crop"
-        print(f"{args.split}: {result['images']} images, {mode}")
+        print(f"{args.split}: {result['images']} images, {mode}, {result['precision']}")
         print(f"  top-1 accuracy {result['top1']:.2%}  (error {result['top1_error']:.2%})")
         print(f"  top-5 accuracy {result['top5']:.2%}  (error {result['top5_error']:.2%})")
     return 0
@@ -214,12 +215,18 @@ def run_evaluate(args) -> int:
 
 def run_check(args) -> int:
     from .check import TRAINING_SPLITS, check_dataset
+    from .log import setup_logging
+    from .placement import cpu_count
     from .remote import is_url, url_in
 
+    setup_logging(0, "stderr")
+    placement = placement_from_args(args, threads=args.threads or 0)
+    if not args.threads and not placement.on_gpu:  # nothing else runs beside the check: every core
+        placement = dataclasses.replace(placement, threads=cpu_count())
     # A URL has no folder listing to find its splits in: the ones asked for, or training's.
     splits = args.split or (list(TRAINING_SPLITS) if is_url(args.data) else None)
     root, labels, encoding = local_data(args, splits)
-    report = check_dataset(root, labels, encoding, splits=splits, threads=args.threads)
+    report = check_dataset(root, labels, encoding, placement, splits=splits)
     if root != args.data:  # name the files by their URLs, not by their places in the cache
         for problem in report["problems"]:
             problem["path"] = url_in(args.data, root, problem["path"])

@@ -18,6 +18,7 @@ def _opt(default, help: str, **extra):
 
 
 PRECISIONS = ("fp32", "bf16")
+DEVICE_CHOICES = ("auto", "cpu", "gpu")
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,14 @@ class TrainConfig:
     label_encoding: str | None = _opt(None, "JSON mapping label -> class index (default: sorted labels)")
     val_split: str = _opt("val", "name of the validation split folder")
     cache_dir: str | None = _opt(None, "where URL data sets are downloaded (default: ~/.cache/alexnet-dali)")
+    refresh: bool = _opt(False, "URL data: ask the server whether each cached image changed (a conditional GET each)")
     skip_bad: bool = _opt(False, "exclude images that fail the pre-training scan (recorded in the run directory)")
 
     # Run
     out: str = _opt("runs/alexnet", "run directory: checkpoints, history.json, TensorBoard logs")
     epochs: int = _opt(90, "total epochs (the paper: about 90)")
-    device: str = _opt("auto", "auto | cpu | gpu: where decoding, augmentation and training run")
+    device: str = _opt("auto", "where decoding, augmentation and the network run (auto: a GPU if there is one)",
+                       choices=DEVICE_CHOICES)
     seed: int = _opt(0, "run seed: model init, DALI augmentation and shuffling derive from it")
     resume: bool = _opt(False, "continue from OUT/last.pt (automatic after a torchrun restart)")
     checkpoint_every: float = _opt(0.0, "minutes between mid-epoch checkpoints (0: at epoch ends only)")
@@ -50,8 +53,8 @@ class TrainConfig:
     # Model and augmentation
     groups: int = _opt(1, "1: one tower; 2: the paper's two-tower connectivity in conv2/4/5")
     dropout: float = _opt(0.5, "dropout probability in fc6 and fc7")
-    precision: str = _opt("fp32", "fp32 | bf16: bf16 autocast for the forward pass and loss (weights, gradients "
-                                  "and SGD stay fp32); benchmarks/train.py measures both")
+    precision: str = _opt("fp32", "bf16: bf16 autocast for the forward pass and loss (weights, gradients and SGD "
+                                  "stay fp32); benchmarks/train.py measures both", choices=PRECISIONS)
     lighting: float = _opt(0.1, "std of the PCA lighting coefficients alpha (0 disables)")
     pca_images: int = _opt(10000, "images sampled for the RGB PCA (0: every training image)")
 
@@ -63,8 +66,8 @@ class TrainConfig:
 
     def __post_init__(self):
         check_types(self)
-        if self.device not in ("auto", "cpu", "gpu"):
-            raise ConfigError(f"device must be auto, cpu or gpu, got {self.device!r}")
+        if self.device not in DEVICE_CHOICES:
+            raise ConfigError(f"device must be {', '.join(DEVICE_CHOICES)}, got {self.device!r}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "prefetch": self.prefetch}
         for name, value in positive.items():
             if value <= 0:
@@ -131,6 +134,6 @@ def _describe(annotation) -> str:
 
 def write_config(config: TrainConfig, path, **extra) -> None:
     """config.json of a run: every field, and what the run adds (version, world size, ...)."""
-    from .data import write_json
+    from .jsonio import write_json
 
     write_json({**config.to_dict(), **extra}, path, indent=2, sort_keys=True)

@@ -6,65 +6,35 @@ discover files. This module builds the file and label lists, checks them, and th
 `files=` / `labels=`.
 
 Layouts (see README):
-1. the original project's: DATA/<split>/ holds image files; a JSON maps image id -> label
-   ({"img_1": "cat"}), an optional second JSON maps label -> index ({"cat": 0}). An image id is
-   the file name with or without its extension.
+1. the original project's: DATA/<split>/ holds image files; a JSON maps image id -> label, an
+   optional second JSON maps label -> index (labels.py).
 2. class folders: DATA/<split>/<class>/<image>; classes sorted by name unless an encoding JSON
-   maps folder name -> index.
-   ImageNet (ILSVRC-2012) as distributed is this layout but for its validation split: one flat
-   folder whose ground truth is LOC_val_solution.csv (in DATA or in the folder). The download's
-   own tree, DATA/ILSVRC/Data/CLS-LOC/{train,val}, is read where it lies, and LOC_synset_mapping.txt
-   (in DATA) gives the classes human-readable names.
+   maps folder name -> index. ImageNet (imagenet.py) is this layout but for its validation split:
+   one flat folder whose ground truth is LOC_val_solution.csv (in DATA or in the folder). The
+   download's own tree, DATA/ILSVRC/Data/CLS-LOC/{train,val}, is read where it lies.
 
-Every problem found is collected and reported together in one DataError, each line naming the
-file or label and what is wrong.
+The data set is read through a tree (tree.py), so the same code indexes a local folder or a
+bucket. Every problem found is collected: `index_splits` returns them beside the splits (check
+reports them), `index_dataset` raises them together in one DataError (training refuses them).
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import re
-import warnings
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, replace
-from pathlib import Path
+
+from .errors import DataError, Problem
+from .imagenet import IMAGENET_TREE, SYNSET_MAPPING, parse_solution_csv, parse_synset_mapping, solution_name
+from .labels import (classes_from_encoding, encoding_from_labels, image_id, parse_label_encoding,
+                     parse_labels)
+from .log import logger
+from .tree import LocalTree, join
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pnm", ".ppm", ".pgm"}
 )
-MAX_LISTED = 20  # problems listed in an error message before "... and N more"
 MANIFEST = "files.txt"  # names a split's files where a web server gives no listing (see remote.py)
-IMAGENET_TREE = ("ILSVRC", "Data", "CLS-LOC")  # where the ILSVRC-2012 download keeps train/ and val/
-SYNSET_MAPPING = "LOC_synset_mapping.txt"  # ImageNet: "n01440764 tench, Tinca tinca" per line
-
-
-@dataclass(frozen=True)
-class Problem:
-    path: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
-
-
-class DataError(ValueError):
-    """Bad input, with every problem found (each names a file or label and what is wrong)."""
-
-    def __init__(self, problems: list[Problem] | str, summary: str = "problems with the data"):
-        if isinstance(problems, str):
-            problems = [Problem("", problems)]
-        self.problems = list(problems)
-        lines = [str(p).lstrip(": ") for p in self.problems[:MAX_LISTED]]
-        if len(self.problems) > MAX_LISTED:
-            lines.append(f"... and {len(self.problems) - MAX_LISTED} more")
-        if len(self.problems) == 1:
-            message = lines[0]
-        else:
-            message = f"{summary} ({len(self.problems)}):\n  " + "\n  ".join(lines)
-        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -72,7 +42,7 @@ class Split:
     """One split of a data set: parallel lists of image files and integer labels."""
 
     name: str
-    files: tuple[str, ...]  # absolute paths, sorted
+    files: tuple[str, ...]  # what DALI reads (absolute paths), sorted
     labels: tuple[int, ...]  # class index of each file
     classes: tuple[str, ...]  # class index -> class name (the folder name, the label, the synset id)
     class_names: tuple[str, ...] = ()  # class index -> human-readable name where the data gives one, else ""
@@ -83,7 +53,7 @@ class Split:
     def without(self, excluded: set[str]) -> Split:
         """This split minus the given files (used by --skip-bad)."""
         kept = [(f, y) for f, y in zip(self.files, self.labels) if f not in excluded]
-        return Split(self.name, tuple(f for f, _ in kept), tuple(y for _, y in kept), self.classes, self.class_names)
+        return replace(self, files=tuple(f for f, _ in kept), labels=tuple(y for _, y in kept))
 
     def class_label(self, index: int) -> str:
         """What to show a person: "n01440764 tench, Tinca tinca" where a name is known, else the class."""
@@ -100,76 +70,32 @@ def is_metadata_name(name: str) -> bool:
     return name == MANIFEST or re.fullmatch(r"LOC_\w+\.(csv|txt)", name) is not None
 
 
-def write_json(value, path: str | os.PathLike, **dump_options) -> None:
-    """Write JSON atomically: a temporary file renamed over the name, so a reader (or a crash)
-    never sees half of it."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(value, **dump_options))
-    os.replace(tmp, path)
+def open_tree(data) -> LocalTree:
+    """The tree a data location names."""
+    return data if hasattr(data, "entries") else LocalTree(data)
 
 
-def load_json(path: str | os.PathLike, what: str) -> dict:
-    """Read a JSON object, with errors that name the file and the place it went wrong."""
-    path = Path(path)
+def read_text(location, what: str) -> tuple[str, str]:
+    """(text, the name to show) of a label file."""
+    path = os.fspath(location)
+    return _read_local(path, what), path
+
+
+def _read_local(path: str, what: str) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as f:
+            return f.read()
     except FileNotFoundError:
         raise DataError(f"{what} file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{what} file {path} cannot be read: {e}") from None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{what} file {path} is malformed JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
-    if not isinstance(value, dict):
-        raise DataError(f"{what} file {path} must hold a JSON object, not {type(value).__name__}")
-    return value
 
 
-def read_label_encoding(path: str | os.PathLike) -> dict[str, int]:
-    """label -> index, checked: integer indices, each used once, covering 0 .. K-1."""
-    raw = load_json(path, "label encoding")
-    if not raw:
-        raise DataError(f"label encoding file {path} is empty")
-    problems = [
-        Problem(str(path), f"label {label!r} has index {index!r}, which is not an integer")
-        for label, index in raw.items()
-        if not isinstance(index, int) or isinstance(index, bool)
-    ]
-    if problems:
-        raise DataError(problems, "bad label encoding")
-    by_index: dict[int, list[str]] = {}
-    for label, index in raw.items():
-        by_index.setdefault(index, []).append(label)
-    for index, names in sorted(by_index.items()):
-        if len(names) > 1:
-            problems.append(Problem(str(path), f"index {index} is given to several labels: {', '.join(map(repr, names))}"))
-    expected = set(range(len(raw)))
-    if set(by_index) != expected:
-        out_of_range = sorted(set(by_index) - expected)
-        missing = sorted(expected - set(by_index))
-        problems.append(Problem(
-            str(path),
-            f"indices must be 0..{len(raw) - 1}, one per label; out of range: {out_of_range or 'none'}, "
-            f"unused: {missing or 'none'}",
-        ))
-    if problems:
-        raise DataError(problems, "bad label encoding")
-    return dict(raw)
-
-
-def classes_from_encoding(encoding: dict[str, int]) -> tuple[str, ...]:
-    return tuple(label for label, _ in sorted(encoding.items(), key=lambda item: item[1]))
-
-
-def _label_sort_key(label: str):
-    return (0, int(label), "") if label.isdigit() else (1, 0, label)
-
+# -- Listing ---------------------------------------------------------------------------------
 
 # Files that operating systems and data sets keep beside images, never images themselves: left
-# out of the index without a word. Hidden entries (.DS_Store, macOS's ._foo, .directory) are
-# ignored as well. Any other file that is not an image is a problem, which --skip-bad passes.
+# out of the index without a word, as hidden entries (.DS_Store, macOS's ._foo) are. Any other
+# file that is not an image is a SkippableProblem.
 IGNORED_NAMES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"})  # compared in lower case
 IGNORED_PREFIXES = ("readme", "license", "licence", "copying")  # README.md, LICENSE.txt, ...
 IGNORED_EXTENSIONS = frozenset({".txt", ".md"})  # notes
@@ -185,299 +111,245 @@ def is_ignored_file_name(name: str) -> bool:
 
 
 class SkippableProblem(Problem):
-    """A file the index cannot use that --skip-bad may leave out (recorded like an undecodable
-    image): a non-image file, a broken link."""
+    """A file beside the images that is not one: train --skip-bad leaves it out (and lists it in
+    excluded.json, like an undecodable image) instead of refusing to start."""
 
 
-# Where list_dir puts skippable problems instead of reporting them; set by leaving_out_skippable().
-_skipped: ContextVar[list[Problem] | None] = ContextVar("skipped", default=None)
-
-
-@contextmanager
-def leaving_out_skippable():
-    """Index without the files that --skip-bad may leave out; yields the list of them."""
-    skipped: list[Problem] = []
-    token = _skipped.set(skipped)
-    try:
-        yield skipped
-    finally:
-        _skipped.reset(token)
-
-
-def list_dir(folder: Path) -> tuple[list[Path], list[Path], list[Problem]]:
-    """Image files and sub-folders of one folder; anything else is a problem. Hidden entries,
-    the layouts' metadata files and the IGNORED_* files are ignored."""
-    images, folders, problems = [], [], []
-    skipped = _skipped.get()
-    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
-        if entry.name.startswith("."):
+def list_dir(tree, folder: str) -> tuple[list[str], list[str], list[Problem]]:
+    """Image files and sub-folders of one folder (paths relative to the tree); any other file is
+    a problem. Hidden entries, the layouts' metadata files and the IGNORED_* files are ignored."""
+    names, folders = tree.entries(folder)
+    images, problems = [], []
+    for name in names:
+        if is_ignored_file_name(name) or is_metadata_name(name):
             continue
-        if entry.is_dir():
-            folders.append(entry)
-            continue
-        if is_ignored_file_name(entry.name) or is_metadata_name(entry.name):
-            continue
-        if entry.is_symlink() and not entry.exists():  # named as the data set holds it, not by its target
-            problem = SkippableProblem(str(entry), f"broken symbolic link: its target {os.readlink(entry)} does "
-                                                   "not exist (--skip-bad leaves it out)")
-        elif is_image_name(entry.name):
-            images.append(entry)
-            continue
+        if is_image_name(name):
+            images.append(join(folder, name))
         else:
-            problem = SkippableProblem(str(entry), f"not an image file name (extension {entry.suffix or 'none'!r}; "
-                                                   "--skip-bad leaves it out)")
-        (skipped if skipped is not None else problems).append(problem)
-    return images, folders, problems
+            problems.append(SkippableProblem(tree.name(join(folder, name)), "not an image file name (extension "
+                                             f"{os.path.splitext(name)[1] or 'none'!r}; --skip-bad leaves it out)"))
+    return images, [join(folder, f) for f in folders if not f.startswith(".")], problems
 
 
-def split_folder(data: str | os.PathLike, split: str) -> Path:
-    root = Path(data)
-    if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist" if not root.exists() else f"{root} is not a folder")
-    folder = root / split
-    if not folder.is_dir():
-        present = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        raise DataError(
-            f"missing split {split!r}: {folder} does not exist (folders in {root}: {', '.join(present) or 'none'})"
-        )
-    return folder
+def check_root(tree) -> None:
+    if not tree.is_dir():
+        raise DataError(f"data folder {tree.name()} does not exist" if not tree.exists() else
+                        f"{tree.name()} is not a folder")
 
 
-def finished_split(split: str, folder: Path, files: list[str], targets: list[int], problems: list[Problem],
-                   encoding: dict[str, int], empty_means: str = "no image files") -> Split:
-    """The Split, or one DataError with every problem found (or saying that the split is empty)."""
-    if problems:
-        raise DataError(problems, f"problems in split {split!r}")
-    if not files:
-        raise DataError(f"split {split!r} is empty: {empty_means} in {folder}")
-    return Split(split, tuple(files), tuple(targets), classes_from_encoding(encoding))
+def missing_split(tree, root: str, split: str) -> Problem:
+    _, present = tree.entries(root)
+    present = [p for p in present if not p.startswith(".")]
+    return Problem(tree.name(join(root, split)),
+                   f"missing split {split!r}: the folder does not exist (folders in {tree.name(root)}: "
+                   f"{', '.join(present) or 'none'})")
 
 
-def index_labelled_split(data, split: str, labels: dict[str, object], encoding: dict[str, int], labels_path: str) -> Split:
-    """Layout 1: a flat folder of images labelled by the image-id JSON."""
-    folder = split_folder(data, split)
-    images, folders, problems = list_dir(folder)
-    problems += [Problem(str(f), "nested folder in a split of the original layout (images must lie directly in "
-                                 f"{folder})") for f in folders]
+def finished_split(tree, split: str, folder: str, files: list[str], targets: list[int], problems: list[Problem],
+                   encoding: dict[str, int], empty_means: str = "no image files") -> tuple[Split | None, list[Problem]]:
+    if not files and not problems:
+        problems = [Problem(tree.name(folder), f"split {split!r} is empty: {empty_means} in it")]
+    split_value = Split(split, tuple(tree.location(f) for f in files), tuple(targets), classes_from_encoding(encoding))
+    return (split_value if files else None), problems
+
+
+# -- Layout 1: a flat folder labelled by the image-id JSON -------------------------------------
+
+def index_labelled_split(tree, split: str, labels: dict[str, str], encoding: dict[str, int], labels_name: str):
+    images, folders, problems = list_dir(tree, split)
+    problems += [Problem(tree.name(f), "nested folder in a split of the original layout (images must lie directly "
+                                       f"in {tree.name(split)})") for f in folders]
     files, targets, seen_ids = [], [], {}
     for image in images:
-        key = image.name if image.name in labels else image.stem if image.stem in labels else None
+        name = os.path.basename(image)
+        key = image_id(name, labels)
         if key is None:
-            problems.append(Problem(str(image), f"unlabelled: neither {image.name!r} nor {image.stem!r} is in {labels_path}"))
+            stem = os.path.splitext(name)[0]
+            problems.append(Problem(tree.name(image), f"unlabelled: neither {name!r} nor {stem!r} is in {labels_name}"))
             continue
         if key in seen_ids:
-            problems.append(Problem(str(image), f"duplicate image id {key!r}: also {seen_ids[key]}"))
+            problems.append(Problem(tree.name(image), f"duplicate image id {key!r}: also {tree.name(seen_ids[key])}"))
             continue
         seen_ids[key] = image
-        label = str(labels[key])
-        if label not in encoding:
-            problems.append(Problem(str(image), f"label {label!r} is not in the label encoding"))
+        if labels[key] not in encoding:
+            problems.append(Problem(tree.name(image), f"label {labels[key]!r} is not in the label encoding"))
             continue
-        files.append(str(image.resolve()))
-        targets.append(encoding[label])
-    return finished_split(split, folder, files, targets, problems, encoding)
+        files.append(image)
+        targets.append(encoding[labels[key]])
+    return finished_split(tree, split, split, files, targets, problems, encoding)
 
 
-def folder_encoding(data, split: str) -> dict[str, int]:
+# -- Layout 2: one folder per class --------------------------------------------------------------
+
+def has_class_folders(tree, folder: str) -> bool:
+    return tree.is_dir(folder) and any(not f.startswith(".") for f in tree.entries(folder)[1])
+
+
+def folder_encoding(tree, folder: str) -> dict[str, int]:
     """Class folder names of one split (the training split), sorted, -> index."""
-    _, class_dirs, _ = list_dir(split_folder(data, split))
-    return {d.name: i for i, d in enumerate(sorted(class_dirs, key=lambda d: d.name))}
+    _, class_dirs, _ = list_dir(tree, folder)
+    return {os.path.basename(d): i for i, d in enumerate(sorted(class_dirs))}
 
 
-def index_class_folders(data, split: str, encoding: dict[str, int], origin: str = "the label encoding") -> Split:
-    """Layout 2: one folder per class, indexed by `encoding` (from a JSON or the training folders)."""
-    folder = split_folder(data, split)
-    loose, class_dirs, problems = list_dir(folder)
+def index_class_folders(tree, folder: str, split: str, encoding: dict[str, int], origin: str):
+    loose, class_dirs, problems = list_dir(tree, folder)
     if loose and not class_dirs:
-        raise DataError(
-            f"{folder} holds image files but no class folders and no label JSON was given: pass --labels "
-            "(and --label-encoding) for the original layout, sort the images into DATA/<split>/<class>/, "
-            f"or (ImageNet) put its LOC_{split}_solution.csv in {folder.parent}"
-        )
-    problems += [Problem(str(f), "image file beside the class folders (it has no class)") for f in loose]
+        problems = [Problem(tree.name(folder),
+                            "holds image files but no class folders and no label JSON was given: pass --labels "
+                            "(and --label-encoding) for the original layout, sort the images into DATA/<split>/<class>/, "
+                            f"or (ImageNet) put its {solution_name(split)} beside the split folder")]
+        return None, problems
+    problems += [Problem(tree.name(f), "image file beside the class folders (it has no class)") for f in loose]
     files, targets = [], []
     for class_dir in class_dirs:
-        if class_dir.name not in encoding:
-            problems.append(Problem(str(class_dir), f"class folder {class_dir.name!r} is not in {origin}"))
+        name = os.path.basename(class_dir)
+        if name not in encoding:
+            problems.append(Problem(tree.name(class_dir), f"class folder {name!r} is not in {origin}"))
             continue
-        images, nested, bad = list_dir(class_dir)
+        images, nested, bad = list_dir(tree, class_dir)
         problems += bad
-        problems += [Problem(str(n), "nested folder inside a class folder (not read; move its images up)") for n in nested]
+        problems += [Problem(tree.name(n), "nested folder inside a class folder (not read; move its images up)")
+                     for n in nested]
         if not images and not bad and not nested:
-            problems.append(Problem(str(class_dir), "empty class folder"))
-        files += [str(p.resolve()) for p in images]
-        targets += [encoding[class_dir.name]] * len(images)
-    return finished_split(split, folder, files, targets, problems, encoding, "no class folders with images")
+            problems.append(Problem(tree.name(class_dir), "empty class folder"))
+        files += images
+        targets += [encoding[name]] * len(images)
+    return finished_split(tree, split, folder, files, targets, problems, encoding, "no class folders with images")
 
 
-def index_dataset(
-    data: str | os.PathLike,
-    labels_path: str | os.PathLike | None = None,
-    encoding_path: str | os.PathLike | None = None,
-    splits: tuple[str, ...] = ("train", "val"),
-) -> dict[str, Split]:
-    """Index the named splits of a local data set. Raises DataError naming every problem."""
-    encoding = read_label_encoding(encoding_path) if encoding_path else None
+# -- ImageNet's val: a flat folder labelled by the solution CSV ------------------------------
+
+def first_file(tree, *candidates: str) -> str | None:
+    """The first candidate path that is a file in the tree."""
+    return next((rel for rel in dict.fromkeys(candidates) if tree.is_file(rel)), None)
+
+
+def index_solution_split(tree, folder: str, split: str, csv_rel: str, encoding: dict[str, int], origin: str):
+    csv_name = tree.name(csv_rel)
+    if not encoding:
+        raise DataError(f"{tree.name(folder)} is labelled by {csv_name}, but no class folders define the classes: "
+                        "put the training split's class folders beside it or pass --label-encoding")
+    try:
+        solution = parse_solution_csv(tree.read_text(csv_rel), csv_name)
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"ImageNet solution file {csv_name} cannot be read: {e}") from None
+    images, _, problems = list_dir(tree, folder)
+    files, targets, used = [], [], set()
+    for image in images:
+        key = image_id(os.path.basename(image), solution)
+        if key is None:
+            problems.append(Problem(tree.name(image), f"not in {csv_name}: the image has no ground truth"))
+            continue
+        synset, line = solution[key]
+        if synset not in encoding:
+            problems.append(Problem(tree.name(image), f"its synset {synset!r} ({os.path.basename(csv_rel)} line {line}) "
+                                                      f"is not in {origin}"))
+            continue
+        used.add(key)
+        files.append(image)
+        targets.append(encoding[synset])
+    absent = sorted(set(solution) - used)
+    if absent and not problems:  # a subset of val is legitimate, but say so: it changes the accuracy one reports
+        logger.warning(f"{csv_name} lists {len(absent)} image(s) that are not in {tree.name(folder)} "
+                       f"(first: {', '.join(absent[:3])})")
+    return finished_split(tree, split, folder, files, targets, problems, encoding)
+
+
+def images_root(tree) -> str:
+    """"" (DATA itself), or ILSVRC/Data/CLS-LOC where the ILSVRC-2012 download was unpacked as it is."""
+    return IMAGENET_TREE if not tree.is_dir("train") and tree.is_dir(IMAGENET_TREE) else ""
+
+
+def class_names_for(tree, root: str, classes: tuple[str, ...]) -> tuple[str, ...]:
+    """Human-readable names from LOC_synset_mapping.txt (in DATA or the images' root), or ()."""
+    rel = first_file(tree, SYNSET_MAPPING, join(root, SYNSET_MAPPING))
+    if rel is None:
+        return ()
+    try:
+        names = parse_synset_mapping(tree.read_text(rel), tree.name(rel))
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"synset mapping {tree.name(rel)} cannot be read: {e}") from None
+    return tuple(names.get(c, "") for c in classes)
+
+
+# -- The data set -------------------------------------------------------------------------------
+
+def index_splits(data, labels_path=None, encoding_path=None,
+                 splits: tuple[str, ...] = ("train", "val")) -> tuple[dict[str, Split], list[Problem]]:
+    """The named splits of a data set, and every problem found in them. A split with problems
+    holds its good files; a split that is missing or empty is left out. What no split can get
+    past (no data folder, an unreadable label file) raises DataError at once."""
+    tree = open_tree(data)
+    check_root(tree)
+    encoding = parse_label_encoding(*read_text(encoding_path, "label encoding")) if encoding_path else None
+    result: dict[str, Split] = {}
+    problems: list[Problem] = []
     if labels_path is not None:
-        labels = load_json(labels_path, "labels")
-        bad = [Problem(str(labels_path), f"image {key!r} has label {value!r}; labels must be strings or integers")
-               for key, value in labels.items() if not isinstance(value, (str, int)) or isinstance(value, bool)]
-        if bad:
-            raise DataError(bad, "bad labels")
-        if encoding is None:
-            names = sorted({str(v) for v in labels.values()}, key=_label_sort_key)
-            encoding = {name: i for i, name in enumerate(names)}
-        result = {s: index_labelled_split(data, s, labels, encoding, str(labels_path)) for s in splits}
-    else:
-        root = images_root(data)
-        origin = "the label encoding"
-        if encoding is None:  # every split uses the training split's folders, so indices agree
-            source = encoding_split(root, splits)
-            encoding, origin = folder_encoding(root, source), f"the class folders of split {source!r}"
-        result = {s: index_folder_split(data, root, s, encoding, origin) for s in splits}
-        check_same_classes(result)
-        names = read_synset_mapping(data, root)
-        if names:
-            class_names = tuple(names.get(c, "") for c in classes_from_encoding(encoding))
-            result = {s: replace(split, class_names=class_names) for s, split in result.items()}
+        labels = parse_labels(*read_text(labels_path, "labels"))
+        encoding = encoding or encoding_from_labels(labels)
+        for split in splits:
+            if not tree.is_dir(split):
+                problems.append(missing_split(tree, "", split))
+                continue
+            indexed, found = index_labelled_split(tree, split, labels, encoding, os.fspath(labels_path))
+            problems += found
+            if indexed is not None:
+                result[split] = indexed
+        return result, problems
+
+    root = images_root(tree)
+    origin = "the label encoding"
+    if encoding is None:  # every split uses the training split's folders, so indices agree
+        # the first split asked for, unless it is a flat folder (ImageNet's val) beside train's classes
+        flat_first = not has_class_folders(tree, join(root, splits[0]))
+        source = "train" if flat_first and has_class_folders(tree, join(root, "train")) else splits[0]
+        encoding, origin = folder_encoding(tree, join(root, source)), f"the class folders of split {source!r}"
+    clean = {}
+    for split in splits:
+        folder = join(root, split)
+        if not tree.is_dir(folder):
+            problems.append(missing_split(tree, root, split))
+            continue
+        name = solution_name(split)
+        csv_rel = first_file(tree, name, join(root, name), join(folder, name))
+        if csv_rel is not None and not has_class_folders(tree, folder):
+            indexed, found = index_solution_split(tree, folder, split, csv_rel, encoding, origin)
+        else:
+            indexed, found = index_class_folders(tree, folder, split, encoding, origin)
+        problems += found
+        if indexed is not None:
+            result[split] = indexed
+            if not found:
+                clean[split] = indexed
+    problems += same_classes_problems(clean)
+    names = class_names_for(tree, root, classes_from_encoding(encoding))
+    if names:
+        result = {s: replace(split, class_names=names) for s, split in result.items()}
+    return result, problems
+
+
+def index_dataset(data, labels_path=None, encoding_path=None,
+                  splits: tuple[str, ...] = ("train", "val")) -> dict[str, Split]:
+    """The named splits of a data set; DataError naming every problem if there is any."""
+    result, problems = index_splits(data, labels_path, encoding_path, splits)
+    if problems:
+        raise DataError(problems, "problems in the data set")
     return result
 
 
-def check_same_classes(splits: dict[str, Split]) -> None:
+def same_classes_problems(splits: dict[str, Split]) -> list[Problem]:
     """Every split must hold the same classes: a validation class never trained on, or a trained
     class never validated, is almost always a mistake in the folder tree."""
     names = list(splits)
+    if len(names) < 2:
+        return []
     reference = splits[names[0]]
     present = {name: {s.classes[y] for y in set(s.labels)} for name, s in splits.items()}
+    problems = []
     for name in names[1:]:
         if present[name] != present[reference.name]:
             only_ref = sorted(present[reference.name] - present[name])
             only_other = sorted(present[name] - present[reference.name])
-            raise DataError(
-                f"splits {reference.name!r} and {name!r} have different classes: only in {reference.name}: "
-                f"{only_ref or 'none'}; only in {name}: {only_other or 'none'}"
-            )
-
-
-# -- ImageNet as distributed ------------------------------------------------------------------
-
-def images_root(data) -> Path:
-    """DATA, or DATA/ILSVRC/Data/CLS-LOC where the ILSVRC-2012 download was unpacked as it is."""
-    root = Path(data)
-    tree = root.joinpath(*IMAGENET_TREE)
-    return tree if not (root / "train").is_dir() and tree.is_dir() else root
-
-
-def has_class_folders(folder: Path) -> bool:
-    return folder.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
-
-
-def encoding_split(root: Path, splits: tuple[str, ...]) -> str:
-    """The split whose class folders define the classes: the first asked for, unless it is a flat
-    folder (ImageNet's val) and the training split has class folders."""
-    if not has_class_folders(root / splits[0]) and has_class_folders(root / "train"):
-        return "train"
-    return splits[0]
-
-
-def solution_csv(data, root: Path, split: str) -> Path | None:
-    """ImageNet's LOC_<split>_solution.csv, in DATA, the images' root or the split folder."""
-    name = f"LOC_{split}_solution.csv"
-    for candidate in dict.fromkeys([Path(data) / name, root / name, root / split / name]):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def index_folder_split(data, root: Path, split: str, encoding: dict[str, int], origin: str) -> Split:
-    """A split of layout 2, or a flat folder with ImageNet's solution CSV."""
-    folder = split_folder(root, split)
-    csv_path = solution_csv(data, root, split)
-    if csv_path is not None and not has_class_folders(folder):
-        return index_solution_split(folder, split, csv_path, encoding, origin)
-    return index_class_folders(root, split, encoding, origin)
-
-
-def read_solution_csv(path: Path) -> dict[str, tuple[str, int]]:
-    """image id -> (synset, line number) from ImageNet's LOC_<split>_solution.csv, whose rows are
-    `ImageId,PredictionString` and whose PredictionString starts with the synset."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"ImageNet solution file {path} cannot be read: {e}") from None
-    header = [cell.strip() for cell in rows[0][:2]] if rows else []
-    if header != ["ImageId", "PredictionString"]:
-        raise DataError(f"{path} is not an ImageNet solution file: its first line must be "
-                        f"'ImageId,PredictionString', not {','.join(rows[0]) if rows else 'empty'!r}")
-    solution: dict[str, tuple[str, int]] = {}
-    problems = []
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        image_id = row[0].strip()
-        words = row[1].split() if len(row) > 1 else []
-        if not image_id or not words:
-            problems.append(Problem(f"{path}:{line}", "expected an image id and a PredictionString that starts with a synset"))
-            continue
-        earlier = solution.get(image_id)
-        if earlier is not None and earlier[0] != words[0]:
-            problems.append(Problem(f"{path}:{line}", f"image {image_id!r} has synset {words[0]!r} here and "
-                                                      f"{earlier[0]!r} on line {earlier[1]}"))
-            continue
-        solution.setdefault(image_id, (words[0], line))
-    if problems:
-        raise DataError(problems, f"problems in {path}")
-    return solution
-
-
-def index_solution_split(folder: Path, split: str, csv_path: Path, encoding: dict[str, int], origin: str) -> Split:
-    """ImageNet's val: a flat folder of images, each labelled by its row in the solution CSV."""
-    if not encoding:
-        raise DataError(f"{folder} is labelled by {csv_path}, but no class folders define the classes: "
-                        "put the training split's class folders beside it or pass --label-encoding")
-    solution = read_solution_csv(csv_path)
-    images, _, problems = list_dir(folder)
-    files, targets, used = [], [], set()
-    for image in images:
-        key = image.stem if image.stem in solution else image.name if image.name in solution else None
-        if key is None:
-            problems.append(Problem(str(image), f"not in {csv_path}: the image has no ground truth"))
-            continue
-        synset, line = solution[key]
-        if synset not in encoding:
-            problems.append(Problem(str(image), f"its synset {synset!r} ({csv_path.name} line {line}) is not in {origin}"))
-            continue
-        used.add(key)
-        files.append(str(image.resolve()))
-        targets.append(encoding[synset])
-    result = finished_split(split, folder, files, targets, problems, encoding)
-    absent = sorted(set(solution) - used)
-    if absent:  # a subset of val is legitimate, but say so: it changes the accuracy one reports
-        warnings.warn(f"{csv_path} lists {len(absent)} image(s) that are not in {folder} "
-                      f"(first: {', '.join(absent[:3])})", stacklevel=2)
-    return result
-
-
-def read_synset_mapping(data, root: Path) -> dict[str, str]:
-    """synset -> human-readable name from LOC_synset_mapping.txt (in DATA or the images' root), or {}."""
-    path = next((p for p in (Path(data) / SYNSET_MAPPING, root / SYNSET_MAPPING) if p.is_file()), None)
-    if path is None:
-        return {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"synset mapping {path} cannot be read: {e}") from None
-    names, problems = {}, []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        synset, _, name = line.strip().partition(" ")
-        if not name.strip():
-            problems.append(Problem(f"{path}:{number}", f"expected 'SYNSET NAME', e.g. 'n01440764 tench, Tinca tinca', "
-                                                        f"not {line.strip()!r}"))
-            continue
-        names[synset] = name.strip()
-    if problems:
-        raise DataError(problems, f"problems in {path}")
-    return names
+            problems.append(Problem("", f"splits {reference.name!r} and {name!r} have different classes: only in "
+                                        f"{reference.name}: {only_ref or 'none'}; only in {name}: {only_other or 'none'}"))
+    return problems

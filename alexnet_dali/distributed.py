@@ -1,8 +1,8 @@
-"""torchrun's environment -> device, rank, world size, process group.
+"""torchrun's environment -> ranks and world size; the process group.
 
 A plain `python -m alexnet_dali train ...` is one process with no process group at all; under
-`torchrun` every process reads RANK / LOCAL_RANK / WORLD_SIZE, takes one GPU (its local rank) or
-the CPU, and joins the group: NCCL on GPUs, gloo on CPUs.
+`torchrun` every process reads RANK / LOCAL_RANK / WORLD_SIZE and joins the group on its device
+(placement.py): NCCL on GPUs, gloo on CPUs.
 """
 
 from __future__ import annotations
@@ -14,16 +14,13 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .config import ConfigError
-
 
 @dataclass(frozen=True)
 class DistInfo:
-    rank: int  # global rank: shards the data
-    local_rank: int  # rank on this node: picks the GPU
-    world_size: int
-    local_world_size: int
-    device: torch.device
+    rank: int = 0  # global rank: shards the data
+    local_rank: int = 0  # rank on this node: picks the GPU
+    world_size: int = 1
+    local_world_size: int = 1
 
     @property
     def is_main(self) -> bool:
@@ -34,49 +31,23 @@ class DistInfo:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    @property
-    def dali_device(self) -> str:
-        return "gpu" if self.device.type == "cuda" else "cpu"
 
-    @property
-    def dali_device_id(self) -> int | None:
-        """DALI's device_id: the local GPU, or None for a CPU-only pipeline."""
-        return self.local_rank if self.device.type == "cuda" else None
+def read_env() -> DistInfo:
+    """This process's place among torchrun's processes (one process without torchrun)."""
+    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+                    int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
 
 
-def resolve_device(preference: str) -> str:
-    """'auto' | 'cpu' | 'gpu' -> 'cpu' | 'gpu', refusing 'gpu' where there is none."""
-    if preference == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    if preference == "gpu" and not torch.cuda.is_available():
-        raise ConfigError("--device gpu was asked for, but torch sees no CUDA GPU on this machine")
-    if preference not in ("cpu", "gpu"):
-        raise ConfigError(f"device must be auto, cpu or gpu, got {preference!r}")
-    return preference
-
-
-def setup(preference: str = "auto") -> DistInfo:
-    """Read torchrun's environment (if any), pick the device and join the process group."""
-    kind = resolve_device(preference)
-    rank = int(os.environ.get("RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    if kind == "gpu":
-        if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(
-                f"local rank {local_rank} has no GPU: this node has {torch.cuda.device_count()}; "
-                "start at most one process per GPU (torchrun --nproc_per_node=gpu)"
-            )
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if kind == "gpu" else "gloo"
-        dist.init_process_group(backend, store=attempt_store(world_size), rank=rank, world_size=world_size,
-                                device_id=device if kind == "gpu" else None)
-    return DistInfo(rank, local_rank, world_size, local_world_size, device)
+def join(info: DistInfo, device: torch.device) -> None:
+    """Join the process group once per process (NCCL on a GPU, gloo on the CPU); a no-op for one
+    process or when already joined."""
+    if not info.distributed or dist.is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=attempt_store(info.world_size),
+                            rank=info.rank, world_size=info.world_size,
+                            device_id=device if device.type == "cuda" else None)
 
 
 def attempt_store(world_size: int):
@@ -120,6 +91,23 @@ def gather_objects(obj) -> list:
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def on_main(info: DistInfo, work):
+    """work() on the main process only; its result, or the error it raised, on every process (one
+    listing of a shared data set instead of one per process, and its warnings said once)."""
+    if not info.distributed:
+        return work()
+    result = error = None
+    if info.is_main:
+        try:
+            result = work()
+        except Exception as e:  # noqa: BLE001 - re-raised on every rank just below
+            error = e
+    result, error = broadcast_object((result, error))
+    if error is not None:
+        raise error
+    return result
 
 
 def broadcast_object(obj, src: int = 0):

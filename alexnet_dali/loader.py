@@ -8,44 +8,14 @@ epoch). Evaluation uses PARTIAL: padded repeats are dropped, so each image count
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import numpy as np
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from .data import Split
 from .distributed import DistInfo
 from .pca import PCA
-from .pipelines import READER_NAME, evaluation_pipeline, training_pipeline
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def cores_per_process(dist_info: DistInfo) -> int:
-    return max(1, cpu_count() // max(1, dist_info.local_world_size))
-
-
-# On a GPU the CPU threads only feed the decoders (nvJPEG's Huffman stage for the images the
-# hardware decoder does not take), and each reserves decoder buffers (pipelines/common.py: about
-# 200 MiB of GPU and 270 MiB of pinned memory), so their number is capped.
-MAX_GPU_PIPELINE_THREADS = 8
-
-
-def dali_threads(requested: int, dist_info: DistInfo) -> int:
-    """DALI worker threads per process while training: the request, or this process's share of
-    the cores. On a CPU-only machine the model needs the cores too, so DALI gets half of them."""
-    if requested > 0:
-        return requested
-    share = cores_per_process(dist_info)
-    if dist_info.dali_device == "cpu":
-        return max(1, share // 2)
-    return min(MAX_GPU_PIPELINE_THREADS, max(2, share - 1))
+from .pipelines import READER_NAME, evaluation_pipeline, tencrop_pipeline, training_pipeline
+from .placement import Placement
 
 
 def derived_seed(seed: int, *stream: int) -> int:
@@ -53,24 +23,36 @@ def derived_seed(seed: int, *stream: int) -> int:
     return int(np.random.SeedSequence([seed, *stream]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-@dataclass(frozen=True)
-class LoaderSettings:
-    batch_size: int  # images per process per step
-    num_threads: int
-    prefetch: int
-    seed: int  # the run seed
-    lighting: float
-    hw_decoder_load: float = 0.65
+class GpuHandOff:
+    """Copies of DALI's zero-copy GPU outputs in torch's memory. DALI may give a released buffer to
+    its next batch at once, while kernels queued on torch's stream still read it; torch's
+    allocator reuses memory only in its stream's order. DALI's buffers are held until the copies
+    have run. (A precaution: tests/test_gpu.py checks the hazard, which has not yet been seen on a
+    GPU. One device-to-device copy per batch.)"""
+
+    def __init__(self):
+        self._lent = []  # (event, DALI's tensors) until torch's stream has copied them
+
+    def own(self, *tensors):
+        import torch
+
+        if not tensors[0].is_cuda:
+            return tensors  # CPU batches are read synchronously
+        copies = tuple(tensor.clone() for tensor in tensors)
+        copied = torch.cuda.Event()
+        copied.record()
+        self._lent = [(event, held) for event, held in self._lent if not event.query()] + [(copied, tensors)]
+        return copies
 
 
 class DaliLoader:
-    """Wraps one pipeline and DALI's PyTorch iterator. Each batch is used before the next is asked
-    for (the iterator reuses its output buffers)."""
+    """Wraps one pipeline and DALI's PyTorch iterator, as (images, labels) batches on the device."""
 
     def __init__(self, pipeline, policy: LastBatchPolicy):
         self.pipeline = pipeline
         self.iterator = DALIGenericIterator([pipeline], ["images", "labels"], reader_name=READER_NAME,
                                             last_batch_policy=policy, auto_reset=True)
+        self.hand_off = GpuHandOff()
 
     def __len__(self) -> int:
         return len(self.iterator)
@@ -80,34 +62,39 @@ class DaliLoader:
             images, labels = batch[0]["images"], batch[0]["labels"]
             if images.shape[0] == 0:  # PARTIAL: a shard may have no image left for the last step
                 continue
-            if images.dim() == 4 and images.shape[-1] == 3:  # NHWC (GPU): an NCHW view, channels_last memory
-                images = images.permute(0, 3, 1, 2)
-            yield images, labels.view(-1).long()
+            images, labels = self.hand_off.own(images, labels)
+            yield nchw_view(images), labels.view(-1).long()
 
     def state(self) -> bytes:
         """The reader's position and the random generators' state (DALI checkpointing)."""
         return self.iterator.checkpoints()[0]
 
 
-def training_loader(split: Split, pca: PCA, settings: LoaderSettings, dist_info: DistInfo,
-                    state: bytes | None = None) -> DaliLoader:
+def nchw_view(images):
+    """The GPU pipelines give NHWC (and [B, 10, H, W, C] for ten views): an NCHW view of it, which
+    is channels_last memory, the layout a channels_last model reads without a copy."""
+    if images.shape[-1] != 3:
+        return images
+    return images.movedim(-1, -3)
+
+
+def training_loader(split: Split, pca: PCA, placement: Placement, dist: DistInfo, *, batch_size: int, seed: int,
+                    lighting: float, prefetch: int, state: bytes | None = None) -> DaliLoader:
+    """The paper's augmentation over this rank's shard; `state` resumes a reader mid-epoch."""
     pipe = training_pipeline(
-        split.files, split.labels, device=dist_info.dali_device, mean=pca.mean, eigval=pca.eigval,
-        eigvec=pca.eigvec, lighting=settings.lighting, shard_id=dist_info.rank, num_shards=dist_info.world_size,
-        shuffle_seed=derived_seed(settings.seed, 1), hw_decoder_load=settings.hw_decoder_load,
-        batch_size=settings.batch_size, num_threads=settings.num_threads, device_id=dist_info.dali_device_id,
-        seed=derived_seed(settings.seed, 2, dist_info.rank), prefetch_queue_depth=settings.prefetch,
-        checkpoint=state,
+        split.files, split.labels, **placement.pipeline_args(), mean=pca.mean, eigval=pca.eigval, eigvec=pca.eigvec,
+        lighting=lighting, shard_id=dist.rank, num_shards=dist.world_size, shuffle_seed=derived_seed(seed, 1),
+        batch_size=batch_size, seed=derived_seed(seed, 2, dist.rank), prefetch_queue_depth=prefetch, checkpoint=state,
     )
     pipe.build()
     return DaliLoader(pipe, LastBatchPolicy.FILL)
 
 
-def evaluation_loader(split: Split, pca: PCA, settings: LoaderSettings, dist_info: DistInfo) -> DaliLoader:
-    pipe = evaluation_pipeline(
-        split.files, split.labels, device=dist_info.dali_device, mean=pca.mean, shard_id=dist_info.rank,
-        num_shards=dist_info.world_size, hw_decoder_load=settings.hw_decoder_load, batch_size=settings.batch_size,
-        num_threads=settings.num_threads, device_id=dist_info.dali_device_id, prefetch_queue_depth=settings.prefetch,
-    )
+def evaluation_loader(split: Split, pca: PCA, placement: Placement, dist: DistInfo, *, batch_size: int,
+                      prefetch: int, ten_crop: bool = False) -> DaliLoader:
+    """The centre crop, or the paper's ten views ([B, 10, 3, 224, 224]), of this rank's shard."""
+    make = tencrop_pipeline if ten_crop else evaluation_pipeline
+    pipe = make(split.files, split.labels, **placement.pipeline_args(), mean=pca.mean, shard_id=dist.rank,
+                num_shards=dist.world_size, batch_size=batch_size, prefetch_queue_depth=prefetch)
     pipe.build()
     return DaliLoader(pipe, LastBatchPolicy.PARTIAL)

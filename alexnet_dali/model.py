@@ -52,6 +52,7 @@ class AlexNetModule(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.num_classes = num_classes
         self.groups = groups
+        self.dropout = dropout
         self.features = nn.Sequential(OrderedDict(
             conv1=nn.Conv2d(3, 96, kernel_size=11, stride=4, padding=2), relu1=nn.ReLU(inplace=True),
             norm1=lrn(), pool1=nn.MaxPool2d(3, stride=2),

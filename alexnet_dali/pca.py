@@ -68,8 +68,7 @@ def sample_files(files: Sequence[str], limit: int, seed: int) -> list[str]:
     return [files[i] for i in sorted(picked)]
 
 
-def image_moments(files: Sequence[str], *, device: str = "cpu", device_id: int | None = None,
-                  batch_size: int = 64, num_threads: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def image_moments(files: Sequence[str], placement, *, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Exact int64 sums over `files`: channel sums [3] and cross products [6]."""
     from .pipelines.stats import statistics_pipeline
 
@@ -78,8 +77,7 @@ def image_moments(files: Sequence[str], *, device: str = "cpu", device_id: int |
     if not files:
         return sums, cross
     batch_size = min(batch_size, len(files))
-    pipe = statistics_pipeline(list(files), device=device, batch_size=batch_size, num_threads=num_threads,
-                               device_id=device_id, prefetch_queue_depth=2)
+    pipe = statistics_pipeline(list(files), **placement.pipeline_args(), batch_size=batch_size, prefetch_queue_depth=2)
     pipe.build()
     remaining = len(files)  # the reader pads the last batch with repeats: count them out
     while remaining > 0:
@@ -92,14 +90,13 @@ def image_moments(files: Sequence[str], *, device: str = "cpu", device_id: int |
     return sums, cross
 
 
-def compute_pca(files: Sequence[str], *, device: str = "cpu", device_id: int | None = None, batch_size: int = 64,
-                num_threads: int = 2, rank: int = 0, world_size: int = 1,
+def compute_pca(files: Sequence[str], placement, *, batch_size: int = 64, rank: int = 0, world_size: int = 1,
                 all_reduce: Callable[[np.ndarray], np.ndarray] | None = None) -> PCA:
-    """PCA over `files`. Under several processes each takes every world_size-th file and
-    `all_reduce` (a sum over ranks of an int64 array) combines the sums."""
+    """PCA over `files`, decoded where `placement` (placement.py) says. Under several processes
+    each takes every world_size-th file and `all_reduce` (a sum over ranks of an int64 array)
+    combines the sums."""
     mine = list(files)[rank::world_size]
-    sums, cross = image_moments(mine, device=device, device_id=device_id, batch_size=batch_size,
-                                num_threads=num_threads)
+    sums, cross = image_moments(mine, placement, batch_size=batch_size)
     totals = np.concatenate([sums, cross])
     if all_reduce is not None and world_size > 1:
         totals = all_reduce(totals)
@@ -123,7 +120,7 @@ def load_pca(path: Path) -> PCA | None:
 
 
 def save_pca(pca: PCA, path: Path) -> None:
-    from .data import write_json
+    from .jsonio import write_json
 
     try:
         write_json(pca.to_dict(), path, indent=2)

@@ -4,7 +4,6 @@ image, compute (or load) the PCA. Each problem surfaces here, named, before any 
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,11 +12,15 @@ import torch
 
 from . import distributed
 from .config import TrainConfig
-from .data import DataError, Problem, Split, index_dataset, leaving_out_skippable, write_json
+from .data import SkippableProblem, Split, index_splits
 from .distributed import DistInfo
-from .loader import cores_per_process
+from .errors import DataError, Problem
+from .jsonio import write_json
+from .log import logger
 from .pca import PCA, compute_pca, load_pca, pca_cache_name, sample_files, save_pca
-from .scan import CACHE_NAME, ScanCache, ScanInterrupted, data_cache_dir, decode_check, pixel_bounded_batch, save_scanned
+from .placement import Placement
+from .scan import (CACHE_NAME, ScanCache, ScanInterrupted, data_cache_dir, decode_check, pixel_bounded_batch,
+                   save_scanned)
 
 EXCLUDED_FILE = "excluded.json"
 
@@ -27,7 +30,7 @@ class PreparedData:
     train: Split
     val: Split
     pca: PCA
-    excluded: dict  # path -> reason, for files left out by --skip-bad (undecodable, not images, broken links)
+    excluded: dict  # path -> reason, for files left out by --skip-bad (undecodable, or not images)
 
 
 def cache_dirs(config: TrainConfig, data_root: str) -> list[Path]:
@@ -49,19 +52,27 @@ def writable_cache(dirs: list[Path]) -> Path | None:
     return None
 
 
-def index(config: TrainConfig, log=print) -> tuple[dict[str, Split], str, dict[str, str]]:
-    """The train and validation splits, the local data root, and (with --skip-bad) the files
-    left out of them that are not images or are broken links: path -> reason."""
+def index(config: TrainConfig, dist_info: DistInfo) -> tuple[dict[str, Split], str, dict[str, str]]:
+    """The train and validation splits, the local data root, and the files beside the images
+    that --skip-bad leaves out (path -> reason). Every node fetches a URL data set into its own
+    cache; the main process alone lists the data and shares the index."""
     from .remote import local_copy
 
+    splits = ("train", config.val_split)
     root, labels, encoding = local_copy(config.data, config.labels, config.label_encoding, cache_dir=config.cache_dir,
-                                        splits=("train", config.val_split), log=log)
-    with leaving_out_skippable() if config.skip_bad else nullcontext([]) as skipped:
-        splits = index_dataset(root, labels, encoding, splits=("train", config.val_split))
-    return splits, root, {p.path: p.reason for p in skipped}
+                                        splits=splits, refresh=config.refresh)
+    indexed, problems = distributed.on_main(dist_info, lambda: index_splits(root, labels, encoding, splits=splits))
+    skipped = {p.path: p.reason for p in problems if config.skip_bad and isinstance(p, SkippableProblem)}
+    problems = [p for p in problems if p.path not in skipped]
+    if problems:
+        raise DataError(problems, "problems in the data set")
+    for name in splits:
+        if name not in indexed:  # every file of the split was left out
+            raise DataError(f"split {name!r} holds no image files: all its files are left out by --skip-bad")
+    return indexed, root, skipped
 
 
-def scan_splits(splits: list[Split], dist_info: DistInfo, cache_dir: Path | None, log) -> dict[str, str]:
+def scan_splits(splits: list[Split], dist_info: DistInfo, placement: Placement, cache_dir: Path | None) -> dict[str, str]:
     """path -> reason for every image that cannot be decoded. Rank 0 holds the cache; the ranks
     share the decoding of what it does not know."""
     files = sorted({f for s in splits for f in s.files})
@@ -69,10 +80,10 @@ def scan_splits(splits: list[Split], dist_info: DistInfo, cache_dir: Path | None
     known, todo = cache.split(files) if cache else ({}, [])
     known, todo = distributed.broadcast_object((known, todo))
     if todo and dist_info.is_main:
-        log(f"checking that {len(todo)} images decode ({len(files) - len(todo)} known from the cache)")
+        logger.info(f"checking that {len(todo)} images decode ({len(files) - len(todo)} known from the cache)")
     mine = todo[dist_info.rank::dist_info.world_size]
     try:
-        results = decode_check(mine, num_threads=cores_per_process(dist_info)) if mine else {}
+        results = decode_check(mine, placement) if mine else {}
     except ScanInterrupted as stop:  # Ctrl-C: keep what this process checked (rank 0 holds the cache)
         if cache is not None:
             save_scanned(cache, stop.results, len(todo))
@@ -85,11 +96,11 @@ def scan_splits(splits: list[Split], dist_info: DistInfo, cache_dir: Path | None
     return {**known, **{path: reason for path, reason in merged.items() if reason}}
 
 
-def prepare_data(config: TrainConfig, dist_info: DistInfo, log=print) -> PreparedData:
-    splits, root, not_images = index(config, log)
+def prepare_data(config: TrainConfig, dist_info: DistInfo, placement: Placement) -> PreparedData:
+    splits, root, not_images = index(config, dist_info)
     train, val = splits["train"], splits[config.val_split]
     cache_dir = distributed.broadcast_object(writable_cache(cache_dirs(config, root)) if dist_info.is_main else None)
-    undecodable = scan_splits([train, val], dist_info, cache_dir, log)
+    undecodable = scan_splits([train, val], dist_info, placement, cache_dir)
     if undecodable and not config.skip_bad:
         raise DataError([Problem(path, reason) for path, reason in sorted(undecodable.items())],
                         f"{len(undecodable)} image(s) cannot be decoded and would stop training mid-epoch; fix or "
@@ -102,15 +113,17 @@ def prepare_data(config: TrainConfig, dist_info: DistInfo, log=print) -> Prepare
             out.mkdir(parents=True, exist_ok=True)
             write_json(bad, out / EXCLUDED_FILE, indent=2, sort_keys=True)
             left_out = [f"{len(undecodable)} undecodable image(s)" if undecodable else "",
-                        f"{len(not_images)} file(s) that are not images or are broken links" if not_images else ""]
-            log(f"warning: --skip-bad left out {' and '.join(filter(None, left_out))}, listed in {out / EXCLUDED_FILE}")
+                        f"{len(not_images)} file(s) that are not images" if not_images else ""]
+            logger.warning(f"--skip-bad left out {' and '.join(filter(None, left_out))}, listed in "
+                           f"{out / EXCLUDED_FILE}")
         if not len(train) or not len(val):
             raise DataError(f"no decodable images left in split {'train' if not len(train) else val.name!r}")
-    pca = training_pca(train, config, dist_info, cache_dir, log)
+    pca = training_pca(train, config, dist_info, placement, cache_dir)
     return PreparedData(train, val, pca, bad)
 
 
-def training_pca(train: Split, config: TrainConfig, dist_info: DistInfo, cache_dir: Path | None, log) -> PCA:
+def training_pca(train: Split, config: TrainConfig, dist_info: DistInfo, placement: Placement,
+                 cache_dir: Path | None) -> PCA:
     """The cached PCA if rank 0 has one (all ranks then use it), else computed by all ranks."""
     files = sample_files(train.files, config.pca_images, config.seed)
     path = cache_dir / pca_cache_name(files) if cache_dir else None
@@ -119,19 +132,18 @@ def training_pca(train: Split, config: TrainConfig, dist_info: DistInfo, cache_d
     if pca is not None:
         return pca
     if dist_info.is_main:
-        log(f"computing the RGB PCA over {len(files)} training images (cached for later runs)")
-    # a batch of at most MAX_SCAN_PIXELS pixels, as the scan: a folder of huge photos stays in bounded memory
-    pca = compute_pca(files, device=dist_info.dali_device, device_id=dist_info.dali_device_id,
-                      batch_size=pixel_bounded_batch(files, 64), num_threads=cores_per_process(dist_info), rank=dist_info.rank,
-                      world_size=dist_info.world_size, all_reduce=all_reduce_int64(dist_info))
+        logger.info(f"computing the RGB PCA over {len(files)} training images (cached for later runs)")
+    # a batch of at most MAX_SCAN_PIXELS pixels, as the scan's: a folder of huge photos stays in bounded memory
+    pca = compute_pca(files, placement, batch_size=pixel_bounded_batch(files, 64), rank=dist_info.rank,
+                      world_size=dist_info.world_size, all_reduce=all_reduce_int64(placement))
     if dist_info.is_main and path:
         save_pca(pca, path)
     return pca
 
 
-def all_reduce_int64(dist_info: DistInfo):
+def all_reduce_int64(placement: Placement):
     def reduce(values: np.ndarray) -> np.ndarray:
-        tensor = torch.from_numpy(values.astype(np.int64)).to(dist_info.device)
+        tensor = torch.from_numpy(values.astype(np.int64)).to(placement.device)
         return distributed.all_reduce_sum(tensor).cpu().numpy()
 
     return reduce

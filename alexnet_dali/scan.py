@@ -29,7 +29,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .data import Problem, write_json
+from .errors import Problem
+from .jsonio import write_json
 
 # Leading bytes of the formats DALI decodes.
 SIGNATURES = (
@@ -39,11 +40,10 @@ SIGNATURES = (
 )
 CACHE_NAME = "scan-cache.json"
 
-# Pixels one scan batch may decode. DALI's CPU decoder holds about 6 bytes of memory per pixel
-# of a batch, up to 9 once batches follow each other (measured: ten 9000×7000 JPEGs in one
-# batch peaked at 3.5 GB). 2**27 pixels (two such photos) keep a scan within about 1.1 GB above the
-# interpreter's own; a larger image is decoded alone. ImageNet-sized images never reach it: 64
-# of them hold about 12 million pixels.
+# Pixels one scan batch may decode: DALI's decoder holds a few bytes per pixel of a batch (README,
+# "Bad files": measured figures), so 2**27 pixels, two 9000×7000 photos, keep a scan around a
+# gigabyte however many such photos a folder holds; a larger image is decoded alone. ImageNet's
+# images never reach it (64 of them hold about 12 million pixels).
 MAX_SCAN_PIXELS = 1 << 27
 REJECTED_BY_DALI = "the DALI decoder cannot decode it (other decoders may)"
 
@@ -72,6 +72,8 @@ def diagnose(path: str) -> str | None:
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
+        if os.path.islink(path):  # named as the data set holds it, the link, with where it points
+            return f"broken symbolic link: its target {os.readlink(path)} does not exist"
         return "missing: the file does not exist"
     except OSError as e:
         return f"unreadable: {e.strerror or e}"
@@ -187,14 +189,9 @@ class _StderrCapture:
 
 @contextmanager
 def quiet_native_log():
-    """Run a DALI decode with the native libraries' log lines kept out of stderr. Everything
-    else written to stderr meanwhile is passed on when the block ends."""
-    with deferred_interrupt(), _redirected_stderr():
-        yield
-
-
-@contextmanager
-def _redirected_stderr():
+    """Run DALI decodes with the native libraries' log lines kept out of stderr (fd 2 goes to a
+    temporary file meanwhile); everything else written to stderr is passed on when the block
+    ends. Nested and concurrent blocks share one capture."""
     state = _StderrCapture
     with state.lock:
         if state.depth == 0:
@@ -215,9 +212,8 @@ def _redirected_stderr():
             if state.depth == 0 and state.capture is not None:
                 try:
                     sys.stderr.flush()
-                except (OSError, ValueError):
-                    pass
-                os.dup2(state.saved_fd, 2)
+                finally:
+                    os.dup2(state.saved_fd, 2)
                 os.close(state.saved_fd)
                 state.capture.seek(0)
                 kept = [line for line in state.capture.read().splitlines(keepends=True)
@@ -234,9 +230,8 @@ class DaliDecodeCheck:
     """Decodes batches of encoded files with DALI's decoder; a failed batch raises and the
     pipeline is rebuilt (after an error a DALI pipeline stays broken)."""
 
-    def __init__(self, device: str, device_id: int | None, batch_size: int, num_threads: int):
-        self.device, self.device_id = device, device_id
-        self.batch_size, self.num_threads = batch_size, num_threads
+    def __init__(self, placement, batch_size: int):
+        self.placement, self.batch_size = placement, batch_size
         self.pipe = None
 
     def _build(self):
@@ -244,11 +239,15 @@ class DaliDecodeCheck:
         import nvidia.dali.types as types
         from nvidia.dali import pipeline_def
 
-        @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id,
+        from .pipelines.common import decode
+
+        args = self.placement.pipeline_args()
+
+        @pipeline_def(batch_size=self.batch_size, num_threads=args["num_threads"], device_id=args["device_id"],
                       prefetch_queue_depth=1, exec_pipelined=False, exec_async=False)
         def decode_only():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
-            return fn.decoders.image(encoded, device="mixed" if self.device == "gpu" else "cpu", output_type=types.RGB)
+            return decode(encoded, args["device"], args["hw_decoder_load"])
 
         self.pipe = decode_only()
         self.pipe.build()
@@ -257,7 +256,7 @@ class DaliDecodeCheck:
         if self.pipe is None:
             self._build()
         try:
-            with quiet_native_log():
+            with deferred_interrupt(), quiet_native_log():  # Ctrl-C never leaves stderr redirected
                 self.pipe.feed_input("encoded", [np.frombuffer(b, dtype=np.uint8) for b in blobs])
                 self.pipe.run()
             return True
@@ -327,18 +326,13 @@ def data_cache_dir(data_root: str | os.PathLike) -> Path:
     return Path(data_root) / ".alexnet-dali"
 
 
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def decode_check(files: Sequence[str], *, device: str = "cpu", device_id: int | None = None, num_threads: int = 0,
-                 batch_size: int = 64, max_pixels: int = MAX_SCAN_PIXELS,
+def decode_check(files: Sequence[str], placement, *, batch_size: int = 64, max_pixels: int = MAX_SCAN_PIXELS,
                  progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict[str, str | None]:
-    """path -> None if DALI decodes it, else the reason it does not. All cores by default; at
-    most batch_size images and max_pixels pixels per decode. Ctrl-C raises ScanInterrupted with
-    the results so far."""
-    threads = num_threads or default_threads()
-    check = DaliDecodeCheck(device, device_id, batch_size, threads)
+    """path -> None if DALI decodes it where `placement` (placement.py) says, else the reason it
+    does not. At most batch_size images and max_pixels pixels per decode. Ctrl-C raises
+    ScanInterrupted with the results so far."""
+    threads = placement.threads
+    check = DaliDecodeCheck(placement, batch_size)
     results: dict[str, str | None] = {}
     chunks = [list(files[i:i + batch_size]) for i in range(0, len(files), batch_size)]
     try:
@@ -376,14 +370,14 @@ def save_scanned(cache: ScanCache, results: dict[str, str | None], total: int) -
         raise ScanInterrupted(results, total) from None
 
 
-def scan_images(files: Sequence[str], *, cache_path: Path | None = None, **decode_options) -> list[Problem]:
+def scan_images(files: Sequence[str], placement, *, cache_path: Path | None = None) -> list[Problem]:
     """Every file that cannot be decoded, with the reason, in the order given; cached, also when
     Ctrl-C stops the scan (ScanInterrupted)."""
     cache = ScanCache(cache_path)
     found, todo = cache.split(files)
     if todo:
         try:
-            results = decode_check(todo, **decode_options)
+            results = decode_check(todo, placement)
         except ScanInterrupted as stop:
             save_scanned(cache, stop.results, len(todo))
             raise

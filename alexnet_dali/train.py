@@ -1,7 +1,9 @@
 """The training loop: one process, or N under torchrun (DDP, one GPU or the CPU per process).
 
-    prepare data (index, scan, PCA) -> model, SGD, ReduceLROnPlateau -> resume if asked
-    -> for each epoch: train_one_epoch -> evaluate -> lr schedule -> checkpoint, history, TensorBoard
+    train(config, state) -> state: build the run (model, SGD, ReduceLROnPlateau, loaders) from a
+    state (None: a new model), then for each epoch: train_one_epoch -> evaluate -> lr schedule
+    -> checkpoint, history, TensorBoard. The API keeps the state in memory between calls; the
+    CLI and torchrun restarts read it from the run directory (`resume_state`).
 
 Only the main process (rank 0) writes files and shows progress; metrics are all-reduced counts.
 """
@@ -13,7 +15,6 @@ import os
 import signal
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,19 +25,26 @@ from torch.nn.parallel import DistributedDataParallel
 from . import __version__, distributed
 from .checkpoint import BEST, LAST, CheckpointError, link, newest_valid_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, write_config
-from .data import write_json
 from .distributed import DistInfo
-from .loader import LoaderSettings, dali_threads, evaluation_loader, training_loader
+from .evaluate import autocast, evaluate
+from .jsonio import write_json
+from .loader import DaliLoader, evaluation_loader, training_loader
+from .log import logger
+from .metrics import Counts, EpochMetrics, append
 from .model import AlexNetModule
-from .pca import PCA
+from .placement import Placement, place
 from .prepare import PreparedData, prepare_data
+from .state import ModelBundle, TrainState
 from .visualize import log_sample_grid
 
 # Steps between the loop's host-device syncs (the progress bar's numbers; under DDP, the ranks'
 # agreement on signals and checkpoints): a sync every step would stall the GPU's queue.
 SYNC_EVERY = 10
 
-HISTORY_KEYS = ("loss", "accuracy", "top5", "val_loss", "val_accuracy", "val_top5", "lr", "images_per_sec")
+# DDP's gradient buckets: AlexNet's 62M fp32 gradients are 250 MB, mostly fc6 (151 MB) and fc7
+# (67 MB). Buckets of 50 MB cut that into a few all-reduces that overlap the backward pass
+# without the per-call cost of DDP's default 25 MB.
+DDP_BUCKET_MB = 50
 
 
 class TrainingInterrupted(Exception):
@@ -44,36 +52,8 @@ class TrainingInterrupted(Exception):
 
     def __init__(self, signum: int, checkpoint: Path | None, epoch: int, step: int):
         self.signum, self.checkpoint, self.epoch, self.step = signum, checkpoint, epoch, step
-        name = signal.Signals(signum).name
         where = f"checkpoint written to {checkpoint}" if checkpoint else "no checkpoint written"
-        super().__init__(f"stopped by {name} in epoch {epoch + 1} after step {step}; {where}; "
-                         "run the same command with --resume to continue")
-
-
-@dataclass
-class TrainResult:
-    history: dict
-    checkpoint: Path
-    pca: PCA
-    classes: tuple[str, ...]
-    net: nn.Module
-
-
-# -- Metrics ---------------------------------------------------------------------------------
-
-def batch_counts(logits: torch.Tensor, labels: torch.Tensor, loss_sum: torch.Tensor) -> torch.Tensor:
-    """[loss sum, top-1 correct, top-5 correct, images] of one batch, as float64 on its device."""
-    k = min(5, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    hits = top.eq(labels.view(-1, 1))
-    return torch.stack([loss_sum.detach().double(), hits[:, 0].sum().double(), hits.any(dim=1).sum().double(),
-                        torch.full((), float(labels.numel()), dtype=torch.float64, device=logits.device)])
-
-
-def rates(totals: torch.Tensor) -> tuple[float, float, float]:
-    loss_sum, top1, top5, count = totals.tolist()
-    count = max(count, 1.0)
-    return loss_sum / count, top1 / count, top5 / count
+        super().__init__(f"stopped by {signal.Signals(signum).name} in epoch {epoch + 1} after step {step}; {where}")
 
 
 # -- Signals and mid-epoch checkpoints -------------------------------------------------------
@@ -83,9 +63,9 @@ class StepControl:
     the flags are all-reduced (max) every SYNC_EVERY steps and at the epoch's last step: every rank
     is at the same step, so all take part or none. A signal is acted on within SYNC_EVERY steps."""
 
-    def __init__(self, checkpoint_every_min: float, dist_info: DistInfo):
+    def __init__(self, checkpoint_every_min: float, dist: DistInfo, device: torch.device):
         self.interval = checkpoint_every_min * 60.0
-        self.dist_info = dist_info
+        self.dist, self.device = dist, device
         self.last_checkpoint = time.monotonic()
         self.signum = 0
         self._previous = {}
@@ -107,11 +87,11 @@ class StepControl:
 
     def poll(self, step: int, epoch_steps: int) -> tuple[bool, int]:
         due = self.interval > 0 and time.monotonic() - self.last_checkpoint >= self.interval
-        if not self.dist_info.distributed:  # nothing to agree on: no tensor, no device sync
+        if not self.dist.distributed:  # nothing to agree on: no tensor, no device sync
             return due or bool(self.signum), self.signum
         if step % SYNC_EVERY and step != epoch_steps:
             return False, 0
-        flags = torch.tensor([float(due), float(self.signum)], device=self.dist_info.device)
+        flags = torch.tensor([float(due), float(self.signum)], device=self.device)
         due, signum = distributed.all_reduce_max(flags).tolist()
         return bool(due) or bool(signum), int(signum)
 
@@ -125,22 +105,23 @@ class StepControl:
 class EpochProgress:
     """What this rank has done so far in the current epoch (saved in mid-epoch checkpoints)."""
 
-    totals: torch.Tensor
+    counts: Counts
     step: int = 0
     seconds: float = 0.0
 
+    def to_dict(self) -> dict:
+        return {"step": self.step, "seconds": self.seconds, "totals": self.counts.values.cpu()}
+
     @classmethod
-    def fresh(cls, device) -> EpochProgress:
-        return cls(torch.zeros(4, dtype=torch.float64, device=device))
+    def resumed(cls, saved: dict | None, device) -> EpochProgress:
+        """The saved progress of an interrupted epoch, or a fresh one."""
+        if not saved or not saved.get("step"):
+            return cls(Counts(device))
+        return cls(Counts(device, saved["totals"]), saved["step"], saved["seconds"])
 
 
-def autocast(images: torch.Tensor, precision: str):
-    """bf16 autocast (fp32 weights, bf16 matmuls and convolutions), or nothing for fp32."""
-    return torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def train_one_epoch(model, criterion, optimizer, loader, progress: EpochProgress, *, control: StepControl,
-                    on_checkpoint, bar, on_first_batch=None, precision: str = "fp32") -> int:
+def train_one_epoch(model, criterion, optimizer, loader: DaliLoader, progress: EpochProgress, *, precision: str,
+                    control: StepControl, on_checkpoint, bar, on_first_batch=None) -> int:
     """Train over the rest of one epoch. Returns 0, or the signal that stopped it early."""
     model.train()
     start = time.perf_counter()
@@ -148,18 +129,18 @@ def train_one_epoch(model, criterion, optimizer, loader, progress: EpochProgress
         if on_first_batch is not None:  # the TensorBoard sample grid: the inputs as the network sees them
             on_first_batch(images)
             on_first_batch = None
-        with autocast(images, precision):
+        with autocast(images.device, precision):
             logits = model(images)
             loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        progress.totals += batch_counts(logits, labels, loss.detach() * labels.numel())
+        progress.counts.add(logits.detach(), labels, loss.detach() * labels.numel())
         progress.step += 1
         bar.update(1)
         if progress.step % SYNC_EVERY == 0 or progress.step == len(loader):
             elapsed = progress.seconds + time.perf_counter() - start
-            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{progress.totals[3].item() / elapsed:.1f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{progress.counts.images / elapsed:.1f}")
         save_now, signum = control.poll(progress.step, len(loader))
         if save_now:
             on_checkpoint(progress, progress.seconds + time.perf_counter() - start)
@@ -168,24 +149,6 @@ def train_one_epoch(model, criterion, optimizer, loader, progress: EpochProgress
             return signum
     progress.seconds += time.perf_counter() - start
     return 0
-
-
-@torch.inference_mode()
-def evaluate(model, loader, dist_info: DistInfo, expected: int | None = None,
-             precision: str = "fp32") -> tuple[float, float, float]:
-    """Validation loss, top-1 and top-5 accuracy over the whole set: counts summed over ranks."""
-    model.eval()
-    criterion = nn.CrossEntropyLoss(reduction="sum")
-    totals = torch.zeros(4, dtype=torch.float64, device=dist_info.device)
-    for images, labels in loader:
-        with autocast(images, precision):
-            logits = model(images)
-            loss_sum = criterion(logits, labels)
-        totals += batch_counts(logits, labels, loss_sum)
-    distributed.all_reduce_sum(totals)
-    if expected is not None and int(totals[3].item()) != expected:
-        warnings.warn(f"validation counted {int(totals[3].item())} images, the split has {expected}", stacklevel=2)
-    return rates(totals)
 
 
 # -- Set-up ----------------------------------------------------------------------------------
@@ -198,12 +161,31 @@ def batch_plan(config: TrainConfig, world_size: int) -> tuple[int, int, float]:
         return config.batch_size, config.batch_size * world_size, config.lr * world_size
     if config.batch_size % world_size:
         raise ConfigError(f"the global batch {config.batch_size} does not split evenly over {world_size} processes; "
-                         f"pick a multiple of {world_size} or use --per-gpu-batch")
+                          f"pick a multiple of {world_size} or use --per-gpu-batch")
     return config.batch_size // world_size, config.batch_size, config.lr
 
 
-def run_dir_state(config: TrainConfig, dist_info: DistInfo) -> dict | None:
-    """The checkpoint to resume from, or None for a new run. A torchrun restart resumes by itself."""
+def start_process(config: TrainConfig) -> tuple[DistInfo, Placement]:
+    """This process's ranks and placement, in the process group where there is one (joined once
+    per process, however many runs it trains)."""
+    dist = distributed.read_env()
+    placement = place(config.device, local_rank=dist.local_rank, local_world_size=dist.local_world_size,
+                      threads=config.dali_threads, hw_decoder_load=config.hw_decoder_load)
+    distributed.join(dist, placement.device)
+    return dist, placement
+
+
+def new_state(config: TrainConfig, data: PreparedData) -> TrainState:
+    """A freshly initialised network (the paper's init, the same on every rank) for the data."""
+    torch.manual_seed(config.seed)
+    net = AlexNetModule(len(data.train.classes), config.groups, config.dropout)
+    bundle = ModelBundle(net, data.pca, data.train.classes, data.train.class_names, config.precision)
+    return TrainState(bundle, config.to_dict())
+
+
+def resume_state(config: TrainConfig) -> TrainState | None:
+    """The CLI's and torchrun's path: the run directory's newest checkpoint when --resume is given
+    or torchrun restarted this worker; None for a new run."""
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
     found = newest_valid_checkpoint(config.out)
     if found is None:
@@ -211,40 +193,27 @@ def run_dir_state(config: TrainConfig, dist_info: DistInfo) -> dict | None:
     if not (config.resume or restarted):
         raise CheckpointError(f"{Path(config.out) / LAST} exists: pass --resume to continue that run, "
                               "or --out for a new run directory")
-    return found[0]
+    return TrainState.from_dict(found[0])
 
 
-def check_resume(state: dict, config: TrainConfig, num_classes: int, global_batch: int) -> None:
-    saved = state["config"]
-    saved_batch = state.get("global_batch")
+def check_resume(state: TrainState, config: TrainConfig, data: PreparedData, global_batch: int | None) -> None:
+    """A model trains on only with its network and classes; an optimiser state continues only
+    with the global batch it was made with (None: not checked)."""
     conflicts = []
-    if saved.get("groups") != config.groups:
-        conflicts.append(f"groups: {saved.get('groups')} -> {config.groups}")
-    if len(state["classes"]) != num_classes:
-        conflicts.append(f"classes: {len(state['classes'])} -> {num_classes}")
-    if saved_batch != global_batch:
-        conflicts.append(f"global batch: {saved_batch} -> {global_batch}")
+    if state.bundle.net.groups != config.groups:
+        conflicts.append(f"groups: {state.bundle.net.groups} -> {config.groups}")
+    if state.bundle.classes != data.train.classes:
+        conflicts.append(f"classes (index order): {short_list(state.bundle.classes)} -> {short_list(data.train.classes)}")
+    if None not in (state.global_batch, global_batch) and state.global_batch != global_batch:
+        conflicts.append(f"global batch: {state.global_batch} -> {global_batch}")
     if conflicts:
-        raise CheckpointError(f"cannot resume {config.out}: the checkpoint was made with a different set-up:\n  "
+        raise CheckpointError(f"cannot train on into {config.out}: the model was made with a different set-up:\n  "
                               + "\n  ".join(conflicts))
 
 
-def restore(state: dict, raw_model, optimizer, scheduler, dist_info: DistInfo):
-    """Load a checkpoint into the run: (history, first epoch to run, this rank's saved state or None)."""
-    raw_model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    history = {key: list(state["history"].get(key, [])) for key in HISTORY_KEYS}
-    ranks = state.get("ranks") or []
-    if len(ranks) != dist_info.world_size:
-        warnings.warn(f"the checkpoint was written by {len(ranks)} processes, this run has {dist_info.world_size}: "
-                      f"the data order restarts at epoch {state['epoch'] + 1}", stacklevel=3)
-        return history, state["epoch"], None
-    mine = ranks[dist_info.rank]
-    torch.set_rng_state(mine["torch_rng"])
-    if dist_info.device.type == "cuda" and mine.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state(mine["cuda_rng"])
-    return history, state["epoch"], mine
+def short_list(names, shown: int = 8) -> str:
+    more = f", ... ({len(names)} in all)" if len(names) > shown else ""
+    return "[" + ", ".join(map(repr, names[:shown])) + more + "]"
 
 
 def code_version() -> dict:
@@ -259,136 +228,180 @@ def code_version() -> dict:
     return {"package_version": __version__, "commit": commit}
 
 
-# -- The run ---------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """One training run's live parts, built from a state by `build_run`."""
 
-def train(config: TrainConfig, *, net: AlexNetModule | None = None, data: PreparedData | None = None,
-          log=print) -> TrainResult:
-    """Train as `config` says; `net` and `data` let the API hand in what it already built."""
-    dist_info = distributed.setup(config.device)
-    try:
-        return _train(config, dist_info, net, data, log if dist_info.is_main else (lambda *a, **k: None))
-    finally:
-        distributed.cleanup()
+    config: TrainConfig
+    dist: DistInfo
+    placement: Placement
+    data: PreparedData
+    bundle: ModelBundle
+    model: nn.Module  # the bundle's net, wrapped in DDP under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    train_loader: DaliLoader
+    val_loader: DaliLoader
+    history: dict
+    start_epoch: int
+    rank_state: dict | None  # this rank's reader, RNG and partial-epoch state, resuming mid-epoch
+    global_batch: int
+    version: dict
+    writer: object | None  # TensorBoard's SummaryWriter, on the main process
+    ranks: list | None = None  # every rank's state at the last checkpoint
 
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
 
-def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, data: PreparedData | None,
-           log) -> TrainResult:
-    from tqdm import tqdm
+    def state(self, epoch: int, ranks: list | None = None) -> TrainState:
+        return TrainState(self.bundle, self.config.to_dict(), epoch, self.history, self.optimizer.state_dict(),
+                          self.scheduler.state_dict(), None, self.global_batch, ranks or [], self.version)
 
-    out = Path(config.out)
-    version = code_version()
-    resume_state = run_dir_state(config, dist_info)
-    data = data or prepare_data(config, dist_info, log)
-    train_split, val_split, pca = data.train, data.val, data.pca
-    per_process, global_batch, lr = batch_plan(config, dist_info.world_size)
-    torch.manual_seed(config.seed)  # the same initial weights on every rank
-    raw_model = net if net is not None else AlexNetModule(len(train_split.classes), config.groups, config.dropout)
-    if net is not None and net.num_classes != len(train_split.classes):
-        raise ConfigError(f"the network has {net.num_classes} outputs but the data has {len(train_split.classes)} classes")
-    raw_model.to(dist_info.device)
-    if dist_info.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        raw_model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(raw_model.parameters(), lr=lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
-                                                           patience=config.lr_patience, min_lr=config.min_lr)
-    torch.manual_seed(config.seed + 1 + dist_info.rank)  # dropout masks differ per rank
-    history, start_epoch, rank_state = {key: [] for key in HISTORY_KEYS}, 0, None
-    if resume_state is not None:
-        check_resume(resume_state, config, len(train_split.classes), global_batch)
-        history, start_epoch, rank_state = restore(resume_state, raw_model, optimizer, scheduler, dist_info)
-        log(f"resuming {out} at epoch {start_epoch + 1}" +
-            (f", step {rank_state['step']}" if rank_state and rank_state["step"] else ""))
-    best = max(history["val_accuracy"], default=-1.0)
-    model = raw_model
-    if dist_info.distributed:
-        model = DistributedDataParallel(raw_model, device_ids=[dist_info.local_rank] if dist_info.device.type == "cuda" else None)
-
-    settings = LoaderSettings(per_process, dali_threads(config.dali_threads, dist_info), config.prefetch,
-                              config.seed, config.lighting, config.hw_decoder_load)
-    train_loader = training_loader(train_split, pca, settings, dist_info, state=rank_state and rank_state["dali"])
-    val_loader = evaluation_loader(val_split, pca, settings, dist_info)
-    writer = None
-    if dist_info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_config(config, out / "config.json", **version, world_size=dist_info.world_size,
-                   global_batch=global_batch, batch_per_process=per_process, lr_effective=lr,
-                   train_images=len(train_split), val_images=len(val_split), classes=list(train_split.classes))
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_epoch)
-        log(f"training on {len(train_split)} images ({len(train_split.classes)} classes), validating on "
-            f"{len(val_split)}; {dist_info.world_size} process(es) on {dist_info.device.type}, "
-            f"global batch {global_batch}; run directory {out}")
-        log(f"TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
-
-    def checkpoint(epoch: int, progress: EpochProgress | None, seconds: float = 0.0) -> Path:
-        """All ranks call this (they gather their states); rank 0 writes."""
-        mine = {"dali": train_loader.state(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state() if dist_info.device.type == "cuda" else None,
-                "step": progress.step if progress else 0, "seconds": seconds,
-                "totals": progress.totals.cpu() if progress else None}
-        ranks = distributed.gather_objects(mine)
-        path = out / LAST
-        if dist_info.is_main:
-            save_checkpoint({
-                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "ranks": ranks,
-                "classes": list(train_split.classes), "class_names": list(train_split.class_names),
-                "pca": pca.to_dict(), "config": config.to_dict(),
-                "global_batch": global_batch, "world_size": dist_info.world_size, **version,
-            }, path)
+    def checkpoint(self, epoch: int, progress: EpochProgress | None = None, seconds: float = 0.0) -> Path:
+        """All ranks call this (they gather their states); rank 0 writes last.pt."""
+        mine = {"dali": self.train_loader.state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(self.placement.device) if self.placement.on_gpu else None,
+                "step": 0, "seconds": 0.0, "totals": None}
+        if progress is not None:
+            mine.update(progress.to_dict(), seconds=seconds)
+        ranks = self.ranks = distributed.gather_objects(mine)
+        path = self.out / LAST
+        if self.dist.is_main:
+            save_checkpoint(self.state(epoch, ranks).to_dict(), path)
         return path
 
+
+def build_run(config: TrainConfig, state: TrainState, data: PreparedData, dist: DistInfo,
+              placement: Placement) -> Run:
+    """The model, optimiser, schedule and loaders of a run, continuing `state`."""
+    per_process, global_batch, lr = batch_plan(config, dist.world_size)
+    net = state.bundle.net.to(placement.device)
+    if placement.on_gpu:
+        torch.backends.cudnn.benchmark = True
+        net.to(memory_format=torch.channels_last)  # the GPU pipelines give NHWC
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
+                                                           patience=config.lr_patience, min_lr=config.min_lr)
+    rank_state = None
+    check_resume(state, config, data, global_batch if state.optimizer is not None else None)
+    if state.optimizer is not None:
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+        rank_state = restore_rank(state, dist, placement)
+        step = f", step {rank_state['step']}" if rank_state and rank_state["step"] else ""
+        logger.info(f"resuming {config.out} at epoch {state.epoch + 1}{step}")
+    torch.manual_seed(config.seed + 1 + dist.rank)  # dropout masks differ per rank
+    if rank_state is not None:
+        torch.set_rng_state(rank_state["torch_rng"])
+        if placement.on_gpu and rank_state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(rank_state["cuda_rng"], placement.device)
+    model = net
+    if dist.distributed:
+        model = DistributedDataParallel(net, device_ids=[placement.device] if placement.on_gpu else None,
+                                        gradient_as_bucket_view=True, bucket_cap_mb=DDP_BUCKET_MB)
+    train_loader = training_loader(data.train, data.pca, placement, dist, batch_size=per_process, seed=config.seed,
+                                   lighting=config.lighting, prefetch=config.prefetch,
+                                   state=rank_state and rank_state["dali"])
+    val_loader = evaluation_loader(data.val, data.pca, placement, dist, batch_size=per_process,
+                                   prefetch=config.prefetch)
+    bundle = ModelBundle(net, data.pca, data.train.classes, data.train.class_names, config.precision)
+    run = Run(config, dist, placement, data, bundle, model, optimizer, scheduler, train_loader, val_loader,
+              {key: list(values) for key, values in state.history.items()}, state.epoch, rank_state, global_batch,
+              code_version(), None)
+    if dist.is_main:
+        start_logs(run, per_process, lr)
+    return run
+
+
+def restore_rank(state: TrainState, dist: DistInfo, placement: Placement) -> dict | None:
+    """This rank's saved reader and RNG state, or None where the number of processes changed."""
+    if len(state.ranks) != dist.world_size:
+        if dist.is_main:
+            logger.warning(f"the checkpoint was written by {len(state.ranks)} processes, this run has "
+                           f"{dist.world_size}: the data order restarts at epoch {state.epoch + 1}")
+        return None
+    return state.ranks[dist.rank]
+
+
+def start_logs(run: Run, per_process: int, lr: float) -> None:
+    """config.json, the TensorBoard writer and the opening lines (main process only)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    config, data, out = run.config, run.data, run.out
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(config, out / "config.json", **run.version, world_size=run.dist.world_size,
+                 global_batch=run.global_batch, batch_per_process=per_process, lr_effective=lr,
+                 train_images=len(data.train), val_images=len(data.val), classes=list(data.train.classes))
+    run.writer = SummaryWriter(str(out / "tensorboard"), purge_step=run.start_epoch)
+    logger.info(f"training on {len(data.train)} images ({len(data.train.classes)} classes), validating on "
+                f"{len(data.val)}; {run.dist.world_size} process(es) on {run.placement.device.type}, "
+                f"global batch {run.global_batch}; run directory {out}")
+    logger.info(f"TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
+
+
+def end_epoch(run: Run, epoch: int, metrics: EpochMetrics) -> None:
+    """Checkpoint (all ranks), then best.pt, history.json, TensorBoard and the epoch's line."""
+    path = run.checkpoint(epoch + 1)
+    if not run.dist.is_main:
+        return
+    if metrics.val_accuracy > max(run.history["val_accuracy"][:-1], default=-1.0):
+        link(path, run.out / BEST)
+    write_json(run.history, run.out / "history.json", indent=2)
+    metrics.write(run.writer, epoch + 1)
+    run.writer.flush()
+    logger.info(f"epoch {epoch + 1}/{run.config.epochs}: loss {metrics.loss:.4f}, top-1 {metrics.accuracy:.1%}, "
+                f"val loss {metrics.val_loss:.4f}, val top-1 {metrics.val_accuracy:.1%}, "
+                f"val top-5 {metrics.val_top5:.1%}, lr {metrics.lr:g}, {metrics.images_per_sec:.1f} images/s")
+
+
+# -- The run ---------------------------------------------------------------------------------
+
+def train(config: TrainConfig, state: TrainState | None = None, *, data: PreparedData | None = None,
+          dist: DistInfo | None = None, placement: Placement | None = None) -> TrainState:
+    """Train until `config.epochs` epochs are done, continuing `state` (None: a new model), and
+    return the state reached. `data`, `dist` and `placement` let a caller reuse what it built."""
+    from tqdm import tqdm
+
+    if dist is None or placement is None:
+        dist, placement = start_process(config)
+    data = data or prepare_data(config, dist, placement)
+    state = state or new_state(config, data)
+    fresh = state.epoch == 0 and state.optimizer is None
+    if fresh and dist.is_main and (Path(config.out) / LAST).exists():
+        raise CheckpointError(f"{config.out} already holds a training run (last.pt); train into another run directory")
+    run = build_run(config, state, data, dist, placement)
     criterion = nn.CrossEntropyLoss()
-    with StepControl(config.checkpoint_every, dist_info) as control:
-        for epoch in range(start_epoch, config.epochs):
-            progress = EpochProgress.fresh(dist_info.device)
-            if rank_state and rank_state["step"]:  # resume inside this epoch
-                progress = EpochProgress(rank_state["totals"].to(dist_info.device), rank_state["step"],
-                                         rank_state["seconds"])
-            rank_state = None
-            lr_now = optimizer.param_groups[0]["lr"]
-            bar = tqdm(total=len(train_loader), initial=progress.step, disable=not dist_info.is_main,
-                       desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", dynamic_ncols=True)
-            signum = train_one_epoch(model, criterion, optimizer, train_loader, progress,
-                                     control=control, bar=bar,
-                                     on_first_batch=(lambda images: log_sample_grid(writer, images, pca.mean, epoch))
-                                     if writer is not None and epoch == 0 else None,
-                                     on_checkpoint=lambda p, s: checkpoint(epoch, p, s), precision=config.precision)
-            bar.close()
+    with StepControl(config.checkpoint_every, dist, placement.device) as control:
+        for epoch in range(run.start_epoch, config.epochs):
+            progress = EpochProgress.resumed(run.rank_state, placement.device)
+            run.rank_state = None
+            lr = run.optimizer.param_groups[0]["lr"]
+            sample_grid = (lambda images: log_sample_grid(run.writer, images, data.pca.mean, epoch)) \
+                if run.writer is not None and epoch == 0 else None
+            with tqdm(total=len(run.train_loader), initial=progress.step, disable=not dist.is_main,
+                      desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", dynamic_ncols=True) as bar:
+                signum = train_one_epoch(run.model, criterion, run.optimizer, run.train_loader, progress,
+                                         precision=config.precision, control=control, bar=bar,
+                                         on_checkpoint=lambda p, s: run.checkpoint(epoch, p, s),
+                                         on_first_batch=sample_grid)
             if signum:
-                raise TrainingInterrupted(signum, out / LAST, epoch, progress.step)
-            totals = distributed.all_reduce_sum(progress.totals.clone())
-            loss, top1, top5 = rates(totals)
-            images_per_sec = totals[3].item() / max(progress.seconds, 1e-9)
-            val_loss, val_top1, val_top5 = evaluate(raw_model, val_loader, dist_info, expected=len(val_split),
-                                                  precision=config.precision)
-            scheduler.step(1.0 - val_top1)  # section 5: lr / 10 when the validation error stops improving
-            metrics = dict(zip(HISTORY_KEYS, (loss, top1, top5, val_loss, val_top1, val_top5, lr_now, images_per_sec)))
-            for key, value in metrics.items():
-                history[key].append(value)
-            path = checkpoint(epoch + 1, None)
+                raise TrainingInterrupted(signum, run.out / LAST, epoch, progress.step)
+            counts = progress.counts.summed()
+            loss, top1, top5 = counts.rates()
+            images_per_sec = counts.images / max(progress.seconds, 1e-9)
+            val = evaluate(run.bundle.net, run.val_loader, config.precision).summed()
+            if val.images != len(data.val) and dist.is_main:
+                logger.warning(f"validation counted {val.images} images, the split has {len(data.val)}")
+            metrics = EpochMetrics(loss, top1, top5, *val.rates(), lr, images_per_sec)
+            run.scheduler.step(1.0 - metrics.val_accuracy)  # section 5: lr / 10 when validation error stops improving
+            append(run.history, metrics)
+            end_epoch(run, epoch, metrics)
             control.checkpointed()
-            if dist_info.is_main:
-                if val_top1 > best:
-                    best = val_top1
-                    link(path, out / BEST)
-                write_json(history, out / "history.json", indent=2)
-                for key, value in metrics.items():
-                    writer.add_scalar(SCALAR_NAMES[key], value, epoch + 1)
-                writer.flush()
-                log(f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}, top-1 {top1:.1%}, val loss {val_loss:.4f}, "
-                    f"val top-1 {val_top1:.1%}, val top-5 {val_top5:.1%}, lr {lr_now:g}, {images_per_sec:.1f} images/s")
             if not math.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss} in epoch {epoch + 1}; lower --lr")
-    if writer is not None:
-        writer.close()
-    return TrainResult(history, out / LAST, pca, train_split.classes, raw_model)
-
-
-SCALAR_NAMES = {
-    "loss": "train/loss", "accuracy": "train/top1", "top5": "train/top5", "val_loss": "val/loss",
-    "val_accuracy": "val/top1", "val_top5": "val/top5", "lr": "lr", "images_per_sec": "images_per_sec",
-}
+    if run.writer is not None:
+        run.writer.close()
+    if run.ranks is None:  # nothing left to train
+        return state
+    return run.state(config.epochs, run.ranks)

@@ -1,35 +1,89 @@
-"""What every benchmark shares: the ImageNet-like data set, the machine description, timing with
-several trials, the printed table and the JSON file."""
+"""What every benchmark shares: the command line and each device's sizes, the ImageNet-like data set,
+the machine description, timing with several trials, the printed table and the JSON file; and, in
+the last section, the only calls the benchmarks make into alexnet_dali."""
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import multiprocessing
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "alexnet-dali" / "benchmarks"
+DEVICES = ("cpu", "gpu")
+
+# ImageNet's RGB statistics in [0, 1] units (the values fb.resnet.torch published): any plausible
+# PCA costs the same.
+MEAN = (0.485, 0.456, 0.406)
+EIGVAL = (0.2175, 0.0188, 0.0045)
+EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
+# -- command line and sizes ----------------------------------------------------------------------
+
+def base_parser(description: str, *, cpu: tuple[int, int], gpu: tuple[int, int]) -> argparse.ArgumentParser:
+    """The options every benchmark takes. `cpu` and `gpu` are each device's default (images per
+    trial, batch size): a steady rate in a few seconds per row (a GPU needs thousands of images)."""
     parser = argparse.ArgumentParser(description=description)
+    parser.set_defaults(default_sizes={"cpu": cpu, "gpu": gpu})
     parser.add_argument("--device", choices=("cpu", "gpu", "all"), default="all",
                         help="which rows to run (all: the CPU rows, and the GPU rows where a GPU is present)")
     parser.add_argument("--data", type=Path, default=None,
                         help="a folder of JPEGs (searched recursively); default: a generated ImageNet-like set")
-    parser.add_argument("--images", type=int, default=512, help="images per trial (default: 512)")
-    # 128: the paper's batch and the trainer's default. DALI's CPU threads idle less per image in
-    # bigger batches (2 cores: 1.68 of 2 cores busy at 64, 1.90 at 128).
-    parser.add_argument("--batch-size", type=int, default=128, help="images per batch (default: 128)")
+    parser.add_argument("--images", type=int, default=None,
+                        help=f"images per trial (default: {cpu[0]} on the CPU, {gpu[0]} on a GPU)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"images per batch (default: {cpu[1]} on the CPU, {gpu[1]} on a GPU)")
     parser.add_argument("--trials", type=int, default=3, help="timed trials per row; the median is reported")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.device == "gpu" and not gpu_present():
+        parser.error("--device gpu: torch sees no CUDA GPU on this machine")
+    return args
+
+
+def devices(args) -> list[str]:
+    """The devices whose rows run: the CPU unless --device gpu, a GPU where asked for and present."""
+    return [device for device in DEVICES if args.device in (device, "all") and (device == "cpu" or gpu_present())]
+
+
+def sizes(args, device: str) -> tuple[int, int]:
+    """(images per trial, batch size) of `device`'s rows: the command line's, else its defaults."""
+    images, batch_size = args.default_sizes[device]
+    return args.images or images, args.batch_size or batch_size
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+def data_files(args) -> list[str]:
+    """The benchmark's JPEGs: as many as the largest of the devices' sizes asks for (each device's
+    rows take the first of them), from --data or generated. Records what was read in args.data_read."""
+    count = max(sizes(args, device)[0] for device in devices(args))
+    if args.data is None:
+        files = imagenet_like(count)
+        root = CACHE
+    else:
+        root = Path(args.data)
+        files = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[:count]
+        if not files:
+            sys.exit(f"error: no JPEG files under {args.data}")
+    args.data_read = {"images": len(files), "first": os.path.relpath(files[0], root),
+                      "last": os.path.relpath(files[-1], root)}
+    return files
 
 
 def natural_image(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
@@ -48,33 +102,53 @@ def natural_image(width: int, height: int, rng: np.random.Generator) -> np.ndarr
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def imagenet_like(count: int, seed: int = 0) -> list[str]:
-    """`count` 500×375 (and a few 375×500) JPEGs at quality 90, generated once and cached."""
+def write_imagenet_like(folder: Path, index: int, seed: int) -> None:
+    """Image `index` of the set: 500×375 (every fifth 375×500), quality 90, from its own random
+    stream, so any worker writes the same file and a smaller set is the start of a larger one."""
     from PIL import Image
 
-    folder = CACHE / f"imagenet-like-{count}-{seed}"
-    done = folder / "complete"
-    if not done.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        rng = np.random.default_rng(seed)
-        for i in range(count):
-            width, height = (375, 500) if i % 5 == 4 else (500, 375)
-            Image.fromarray(natural_image(width, height, rng)).save(folder / f"{i:06d}.jpg", quality=90)
-        done.write_text("")
-    return sorted(str(p) for p in folder.glob("*.jpg"))
+    width, height = (375, 500) if index % 5 == 4 else (500, 375)
+    pixels = natural_image(width, height, np.random.default_rng([seed, index]))
+    Image.fromarray(pixels).save(folder / f"{index:06d}.jpg", quality=90)
 
 
-def data_files(args) -> list[str]:
-    if args.data is None:
-        return imagenet_like(args.images)
-    files = sorted(str(p) for p in Path(args.data).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
-    if not files:
-        sys.exit(f"error: no JPEG files under {args.data}")
-    return files[: args.images] if len(files) >= args.images else files
+def imagenet_like(count: int, seed: int = 0) -> list[str]:
+    """`count` ImageNet-like JPEGs, generated once on every core and cached.
 
+    The set is written into a staging folder, marked complete, then renamed into place: another
+    process sees the whole set or none of it, and an interrupted run leaves no partial set."""
+    folder = CACHE / f"imagenet-like-v2-{count}-{seed}"
+    if not (folder / "complete").exists():
+        staging = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        workers = min(cpu_count(), count)
+        # fork: the workers need nothing but this module, and no GPU is in use yet
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            list(pool.map(write_imagenet_like, itertools.repeat(staging), range(count), itertools.repeat(seed),
+                          chunksize=max(1, count // (4 * workers))))
+        (staging / "complete").write_text(f"{count} images\n")
+        try:
+            staging.rename(folder)
+        except OSError:  # the folder exists: another process finished first, or a stale partial set
+            if (folder / "complete").exists():
+                shutil.rmtree(staging)
+            else:
+                shutil.rmtree(folder)
+                staging.rename(folder)
+    return [str(folder / f"{i:06d}.jpg") for i in range(count)]
+
+
+# -- machine -------------------------------------------------------------------------------------
 
 def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def gpu_present() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def machine() -> dict:
@@ -101,15 +175,7 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def gpu_present() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def wants(args, device: str) -> bool:
-    return args.device in (device, "all") and (device == "cpu" or gpu_present())
-
+# -- timing and reporting ------------------------------------------------------------------------
 
 def timed(run_once, images: int, trials: int, warmup=None) -> dict:
     """images/sec of `run_once()` (which processes `images` images), median over trials."""
@@ -124,21 +190,143 @@ def timed(run_once, images: int, trials: int, warmup=None) -> dict:
 
 
 def report(title: str, rows: list[dict], args, notes: list[str] = ()) -> dict:
-    """Print the table (with ratios to the first row of each device) and write the JSON."""
+    """Print the table and the notes (ratios of rows measured side by side), write the JSON."""
     result = {"benchmark": title, "rows": rows, "machine": machine(),
-              "settings": {"images": args.images, "batch_size": args.batch_size, "trials": args.trials,
-                           "data": str(args.data) if args.data else "generated ImageNet-like 500×375 JPEGs, q90"},
+              "settings": {"trials": args.trials,
+                           "sizes": {device: dict(zip(("images", "batch_size"), sizes(args, device)))
+                                     for device in devices(args)},
+                           "data": str(args.data) if args.data else "generated ImageNet-like 500×375 JPEGs, q90",
+                           "data_read": getattr(args, "data_read", None)},
               "notes": list(notes)}
     print(f"\n{title}  ({result['machine']['cpu']}, {result['machine']['cpu_cores']} cores"
           + (f", {result['machine']['gpu']}" if result["machine"]["gpu"] else ", no GPU") + ")")
-    width = max(len(r["name"]) for r in rows) if rows else 10
-    print(f"{'name':{width}s}  {'device':6s}  {'images/s':>9s}  trials")
-    for row in rows:
-        print(f"{row['name']:{width}s}  {row['device']:6s}  {row['images_per_sec']:9.1f}  "
-              f"{', '.join(f'{t:.1f}' for t in row.get('trials', []))}")
+    print(table(rows))
     for note in notes:
         print(note)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
     return result
+
+
+def table(rows: list[dict], first: str | None = None) -> str:
+    """One line per row: [first column,] name, device, images per trial, batch, images/s, trials."""
+    width = max([len(r["name"]) for r in rows] + [4])
+    first_width = max([len(str(r.get(first, ""))) for r in rows] + [len(first or "")])
+    head = [f"{first:{first_width}s}"] if first else []
+    lines = ["  ".join(head + [f"{'name':{width}s}", "device", f"{'images':>6s}", f"{'batch':>5s}",
+                               f"{'images/s':>9s}", "trials"])]
+    for row in rows:
+        cells = [f"{row.get(first, ''):{first_width}s}"] if first else []
+        lines.append("  ".join(cells + [f"{row['name']:{width}s}", f"{row['device']:6s}", f"{row['images']:6d}",
+                                        f"{row['batch_size']:5d}", f"{row['images_per_sec']:9.1f}",
+                                        ", ".join(f"{t:.1f}" for t in row.get("trials", []))]))
+    return "\n".join(lines)
+
+
+def drain(loader, device: str) -> None:
+    """One epoch of `loader`, waiting for the GPU's queued work at the end."""
+    for _ in loader:
+        pass
+    if device == "gpu":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+# -- the calls into alexnet_dali -------------------------------------------------------------------
+# Every benchmark reaches the package through these functions only, so that a change of its
+# interfaces (how devices, threads and precision are chosen) is adapted here, once.
+
+def placement(device: str, threads: int | None = None, hw_decoder_load: float = 0.65):
+    """The trainer's placement (alexnet_dali.placement) for one benchmark row; threads=None: as
+    many as the trainer takes on this machine."""
+    from alexnet_dali.placement import place
+
+    return place(device, threads=threads or 0, hw_decoder_load=hw_decoder_load)
+
+
+def torch_device(device: str):
+    return placement(device).device
+
+
+def pipeline_threads(device: str) -> int:
+    """DALI threads of the pipeline benchmark's rows: every core on the CPU; on a GPU the trainer's
+    cap (there the threads only feed the decoders)."""
+    from alexnet_dali.placement import MAX_GPU_PIPELINE_THREADS
+
+    return cpu_count() if device == "cpu" else min(cpu_count(), MAX_GPU_PIPELINE_THREADS)
+
+
+def training_loader(files, device: str, batch_size: int, *, threads: int | None = None, lighting: float = 0.1,
+                    hw_decoder_load: float = 0.65, classes: int = 1000):
+    """The trainer's own loader (the training pipeline, shuffled, to torch tensors on `device`) over
+    `files`, labelled 0, 1, ... classes-1 in turn. threads=None: as many as the trainer takes.
+    Returns (loader, DALI threads)."""
+    from alexnet_dali.data import Split
+    from alexnet_dali.distributed import DistInfo
+    from alexnet_dali.loader import training_loader as trainer_loader
+    from alexnet_dali.pca import PCA
+
+    where = placement(device, threads, hw_decoder_load)
+    split = Split("train", tuple(files), tuple(i % classes for i in range(len(files))), tuple(map(str, range(classes))))
+    loader = trainer_loader(split, PCA(MEAN, EIGVAL, EIGVEC), where, DistInfo(), batch_size=batch_size, seed=1,
+                            lighting=lighting, prefetch=2)
+    return loader, where.threads
+
+
+def decode_only_loader(files, device: str, batch_size: int, threads: int, hw_decoder_load: float = 0.65):
+    """The training pipeline's reader and decoder alone, as a torch iterable."""
+    import nvidia.dali.fn as fn
+    from nvidia.dali import pipeline_def
+    from nvidia.dali.plugin.pytorch import LastBatchPolicy
+
+    from alexnet_dali.loader import DaliLoader
+    from alexnet_dali.pipelines import READER_NAME
+    from alexnet_dali.pipelines.common import decode
+
+    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=0 if device == "gpu" else None,
+                  prefetch_queue_depth=2)
+    def decoding():
+        encoded, label = fn.readers.file(files=files, labels=[0] * len(files), name=READER_NAME, pad_last_batch=True)
+        # a 1×1 crop so the iterator copies nothing: the time is the decoder's
+        return fn.crop(decode(encoded, device, hw_decoder_load), crop=(1, 1)), label
+
+    pipe = decoding()
+    pipe.build()
+    return DaliLoader(pipe, LastBatchPolicy.FILL)
+
+
+def pca_pass(files, device: str, batch_size: int, threads: int):
+    """The statistics pass that computes the PCA, as a function to time."""
+    from alexnet_dali.pca import compute_pca
+
+    return lambda: compute_pca(files, placement(device, threads), batch_size=batch_size)
+
+
+def alexnet(classes: int, device: str, channels_last: bool = False):
+    """The paper's network (alexnet_dali.model) on `device`, in the memory layout asked for."""
+    import torch
+
+    from alexnet_dali.model import AlexNetModule
+
+    net = AlexNetModule(classes).to(torch_device(device))
+    return net.to(memory_format=torch.channels_last) if channels_last else net
+
+
+def autocast(images, precision: str):
+    """The trainer's autocast context for `precision` ("fp32" or "bf16")."""
+    from alexnet_dali.evaluate import autocast as trainer_autocast
+
+    return trainer_autocast(images.device, precision)
+
+
+def ten_crop_predictor(net, device: str, batch_size: int, precision: str):
+    """The Predictor that `alexnet-dali predict` uses, around `net` (1000 classes, no lighting PCA)."""
+    from alexnet_dali.pca import PCA
+    from alexnet_dali.predict import Predictor
+    from alexnet_dali.state import ModelBundle
+
+    pca = PCA(MEAN, (0.0, 0.0, 0.0), ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+    bundle = ModelBundle(net, pca, tuple(str(i) for i in range(net.num_classes)), precision=precision)
+    return Predictor(bundle, placement(device), batch_size=batch_size)

@@ -1,20 +1,26 @@
 """Images/sec of the training input pipeline alone, side by side in one run:
 
-  dali-cpu          our training pipeline on the CPU (libjpeg-turbo), to torch tensors
-  dali-gpu          the same on the GPU (nvJPEG + hardware decoder), where one is present
-  pil-dataloader    the usual alternative: PIL + torch DataLoader doing the same work (decode,
-                    short side 256, centre 256, random 224, flip, centre the pixels, PCA lighting)
-  *-decode          decode only, to see how close each is to its decoder's own limit
-  *-no-lighting     the training pipeline with the PCA lighting off (what lighting costs)
-  *-pca-stats       the statistics pass that computes the PCA (decode, centre 256, exact sums)
+  dali-cpu            our training pipeline on the CPU (libjpeg-turbo), to torch tensors
+  dali-gpu            the same on the GPU (nvJPEG + hardware decoder), where one is present
+  pil-dataloader      the usual alternative: PIL + torch DataLoader doing the same work (decode,
+                      short side 256, centre 256, random 224, flip, centre the pixels, PCA lighting)
+  dali-reference-*    NVIDIA's own ImageNet training pipeline (DALI's PyTorch ResNet-50 example):
+                      fused decode + random-resized crop, resize to 224, mirror, normalise
+  torchvision-gpu     torchvision.io.decode_jpeg(device="cuda") and the same work in torch on the
+                      GPU, where torchvision is installed
+  *-decode            decode only, to see how close each is to its decoder's own limit
+  *-no-lighting       the training pipeline with the PCA lighting off (what lighting costs)
+  *-pca-stats         the statistics pass that computes the PCA (decode, centre 256, exact sums)
 
-Every CPU row uses all the cores (DALI threads = DataLoader workers = cores).
+Every row reads the same files. The CPU rows use all the cores (DALI threads = DataLoader
+workers = cores), the GPU's DALI rows the trainer's thread cap, unless --threads says otherwise.
 
     python benchmarks/pipeline.py [--device cpu|gpu|all] [--data DIR] [--images N] [--batch-size B] [--json PATH]
-                                  [--hw-decoder-load 0,0.5,0.65,0.8,1]
+                                  [--hw-decoder-load 0,0.5,0.65,0.8,1] [--threads 4,8,16]
 
-Several --hw-decoder-load values give one dali-gpu and one dali-gpu-decode row each, named
-dali-gpu[hw=X]: the sweep that picks the trainer's --hw-decoder-load for a GPU.
+Several --hw-decoder-load or --threads values sweep the dali rows and their -decode rows (one row
+per combination, named e.g. dali-gpu[hw=0.8,threads=8]): the sweep that picks the trainer's
+--hw-decoder-load and threads for a GPU. The rows that are not swept take the first values.
 """
 
 from __future__ import annotations
@@ -27,61 +33,48 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from alexnet_dali.loader import MAX_GPU_PIPELINE_THREADS
-from common import base_parser, cpu_count, data_files, report, timed, wants
-
-# ImageNet's RGB statistics in [0, 1] units (the values fb.resnet.torch published): any plausible
-# PCA costs the same.
-MEAN = (0.485, 0.456, 0.406)
-EIGVAL = (0.2175, 0.0188, 0.0045)
-EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
+from common import (EIGVAL, EIGVEC, MEAN, base_parser, cpu_count, data_files, decode_only_loader, devices, drain,
+                    parse, pca_pass, pipeline_threads, report, sizes, timed, training_loader)
 
 
-# -- DALI ------------------------------------------------------------------------------------
+# -- NVIDIA's reference pipeline ------------------------------------------------------------------
 
-def dali_loader(files, device: str, batch_size: int, threads: int, decode_only: bool, lighting: float = 0.1,
-                hw_decoder_load: float = 0.65):
+def reference_loader(files, device: str, batch_size: int, threads: int):
+    """The training pipeline of DALI's PyTorch ResNet-50 example (docs/examples/use_cases/pytorch/
+    resnet50/main.py, create_dali_pipeline with is_training=True), as written there but for the
+    file list (ours, instead of a class-folder root). On the CPU every operator runs there."""
     import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
-    from nvidia.dali.plugin.pytorch import LastBatchPolicy
+    from nvidia.dali.plugin.pytorch import DALIClassificationIterator, LastBatchPolicy
 
-    from alexnet_dali.loader import DaliLoader
-    from alexnet_dali.pipelines import READER_NAME, training_pipeline
-    from alexnet_dali.pipelines.common import decode
+    gpu = device == "gpu"
+    decoder_device = "mixed" if gpu else "cpu"
 
-    device_id = 0 if device == "gpu" else None
-    labels = [0] * len(files)
-    if decode_only:
-        @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id, prefetch_queue_depth=2)
-        def decoding():
-            encoded, label = fn.readers.file(files=files, labels=labels, name=READER_NAME, pad_last_batch=True)
-            # a 1×1 crop so the iterator copies nothing: the time is the decoder's
-            return fn.crop(decode(encoded, device, hw_decoder_load), crop=(1, 1)), label
+    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=0 if gpu else None, seed=12,
+                  prefetch_queue_depth=2)
+    def reference():
+        jpegs, labels = fn.readers.file(files=files, labels=[0] * len(files), random_shuffle=True,
+                                        pad_last_batch=True, name="Reader")
+        images = fn.decoders.image_random_crop(
+            jpegs, device=decoder_device, output_type=types.RGB,
+            # the example's hint: room for the largest ImageNet image, so the decoder never reallocates
+            preallocate_width_hint=5980 if gpu else 0, preallocate_height_hint=6430 if gpu else 0,
+            random_aspect_ratio=[0.8, 1.25], random_area=[0.1, 1.0], num_attempts=100)
+        images = fn.resize(images, resize_x=224, resize_y=224, interp_type=types.INTERP_TRIANGULAR)
+        mirror = fn.random.coin_flip(probability=0.5)
+        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", crop=(224, 224),
+                                          mean=[0.485 * 255, 0.456 * 255, 0.406 * 255],
+                                          std=[0.229 * 255, 0.224 * 255, 0.225 * 255], mirror=mirror)
+        return images, labels.gpu() if gpu else labels
 
-        pipe = decoding()
-    else:
-        pipe = training_pipeline(files, labels, device=device, mean=MEAN, eigval=EIGVAL, eigvec=EIGVEC, lighting=lighting,
-                                 hw_decoder_load=hw_decoder_load, batch_size=batch_size, num_threads=threads,
-                                 device_id=device_id, prefetch_queue_depth=2, seed=1)
+    pipe = reference()
     pipe.build()
-    return DaliLoader(pipe, LastBatchPolicy.FILL)
+    return DALIClassificationIterator(pipe, reader_name="Reader", last_batch_policy=LastBatchPolicy.PARTIAL,
+                                      auto_reset=True)
 
 
-def pca_pass(files, device: str, batch_size: int, threads: int):
-    from alexnet_dali.pca import compute_pca
-
-    return lambda: compute_pca(files, device=device, device_id=0 if device == "gpu" else None,
-                               batch_size=batch_size, num_threads=threads)
-
-
-def drain(loader, device: str):
-    for images, _ in loader:
-        pass
-    if device == "gpu":
-        torch.cuda.synchronize()
-
-
-# -- PIL + DataLoader ---------------------------------------------------------------------------
+# -- PIL + DataLoader -----------------------------------------------------------------------------
 
 class PilTraining(Dataset):
     """The paper's training augmentation written the usual way: PIL, NumPy, one image at a time."""
@@ -118,64 +111,166 @@ def pil_loader(files, batch_size: int, workers: int, decode_only: bool):
                       worker_init_fn=lambda worker: np.random.seed(1234 + worker))
 
 
-def hw_loads(text: str) -> list[float]:
+# -- torchvision on the GPU -----------------------------------------------------------------------
+
+def torchvision_available() -> bool:
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class TorchvisionGpu:
+    """What a torch user would write instead of DALI: read each batch's files in the main process,
+    decode them with torchvision.io.decode_jpeg(device="cuda") (nvJPEG, batched), then the paper's
+    augmentation with torch operations on the GPU, image by image."""
+
+    def __init__(self, files, batch_size: int, decode_only: bool):
+        self.files, self.batch_size, self.decode_only = files, batch_size, decode_only
+        device = torch.device("cuda", 0)
+        self.mean255 = torch.tensor(MEAN, device=device) * 255
+        self.lighting = torch.tensor(EIGVEC, device=device) * torch.tensor(EIGVAL, device=device) * 255
+
+    def __iter__(self):
+        from torchvision.io import ImageReadMode, decode_jpeg, read_file
+        from torchvision.transforms.v2 import functional as F
+
+        order = torch.randperm(len(self.files)).tolist()
+        for start in range(0, len(order), self.batch_size):
+            encoded = [read_file(self.files[i]) for i in order[start:start + self.batch_size]]
+            decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device="cuda")  # CHW uint8 each
+            if self.decode_only:
+                yield decoded
+                continue
+            count = len(decoded)
+            offsets = torch.randint(0, 33, (count, 2)).tolist()
+            flips = (torch.rand(count) < 0.5).tolist()
+            batch = torch.empty(count, 3, 224, 224, device="cuda")
+            for k, image in enumerate(decoded):
+                image = F.center_crop(F.resize(image, [256], antialias=True), [256, 256])  # short side 256
+                x, y = offsets[k]
+                image = image[:, y:y + 224, x:x + 224]
+                batch[k] = image.flip(-1) if flips[k] else image
+            shift = (torch.randn(count, 3, device="cuda") * 0.1) @ self.lighting.T  # eigvec @ (alpha * eigval)
+            yield batch - (self.mean255 - shift)[:, :, None, None]
+
+
+# -- run ------------------------------------------------------------------------------------------
+
+def shares(text: str) -> list[float]:
     loads = [float(value) for value in text.split(",")]
     if not all(0.0 <= load <= 1.0 for load in loads):
         raise argparse.ArgumentTypeError(f"every hw_decoder_load must be in [0, 1], got {text}")
     return loads
 
 
-# -- run ---------------------------------------------------------------------------------------
+def counts(text: str) -> list[int]:
+    try:
+        values = [int(value) for value in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"threads must be whole numbers of at least 1, got {text}")
+    return values
+
 
 def main(argv=None):
-    parser = base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--hw-decoder-load", type=hw_loads, default=[0.65],
+    parser = base_parser(__doc__.split("\n\n")[0], cpu=(512, 128), gpu=(4096, 256))
+    parser.add_argument("--hw-decoder-load", type=shares, default=[0.65],
                         help="GPU rows: comma-separated shares of JPEGs for the hardware decoder (default: 0.65)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--threads", type=counts, default=None,
+                        help="DALI threads, comma-separated (default: every core on the CPU, "
+                             "the trainer's cap of min(cores, 8) on a GPU)")
+    args = parse(parser, argv)
     files = data_files(args)
-    cores = cpu_count()
-    # all the cores on the CPU; on the GPU the trainer's cap (the threads only feed the decoders)
-    threads = {"cpu": cores, "gpu": min(cores, MAX_GPU_PIPELINE_THREADS)}
-    n = len(files)
     rows = []
 
-    def add(name, device, loader, kind):
-        result = timed(lambda: drain(loader, device), n, args.trials, warmup=lambda: drain(loader, device))
-        rows.append({"name": name, "device": device, "kind": kind, "threads": threads[device], **result})
+    def add(base, device, loader, kind, threads, images, batch_size, hw=None, tag=""):
+        result = timed(lambda: drain(loader, device), images, args.trials, warmup=lambda: drain(loader, device))
+        rows.append({"name": base + tag, "base": base, "device": device, "kind": kind, "threads": threads,
+                     "hw_decoder_load": hw, "images": images, "batch_size": batch_size, **result})
         gc.collect()  # earlier rows' pipelines (reference cycles) free their decoder buffers only here
 
-    for decode_only, suffix in ((False, ""), (True, "-decode")):
-        kind = "decode" if decode_only else "training pipeline"
-        if wants(args, "cpu"):
-            add(f"dali-cpu{suffix}", "cpu", dali_loader(files, "cpu", args.batch_size, threads["cpu"], decode_only),
-                kind)
-            add(f"pil-dataloader{suffix}", "cpu", pil_loader(files, args.batch_size, cores, decode_only), kind)
-        if wants(args, "gpu"):
-            for load in args.hw_decoder_load:
-                tag = f"[hw={load:g}]" if len(args.hw_decoder_load) > 1 else ""
-                add(f"dali-gpu{suffix}{tag}", "gpu",
-                    dali_loader(files, "gpu", args.batch_size, threads["gpu"], decode_only, hw_decoder_load=load),
-                    kind)
-    for device in ("cpu", "gpu"):
-        if wants(args, device):
-            add(f"dali-{device}-no-lighting", device,
-                dali_loader(files, device, args.batch_size, threads[device], False, lighting=0.0,
-                            hw_decoder_load=args.hw_decoder_load[0]), "training pipeline")
-            run = pca_pass(files, device, args.batch_size, threads[device])
-            rows.append({"name": f"dali-{device}-pca-stats", "device": device, "kind": "statistics pass",
-                         "threads": threads[device], **timed(run, n, args.trials, warmup=run)})
-    by_name = {r["name"]: r["images_per_sec"] for r in rows}
+    for device in devices(args):
+        images, batch_size = sizes(args, device)
+        subset = files[:images]
+        images = len(subset)
+        size = dict(images=images, batch_size=batch_size)
+        loads = args.hw_decoder_load if device == "gpu" else [None]
+        sweep = [(threads, load) for load in loads for threads in (args.threads or [pipeline_threads(device)])]
+        first_threads, first_load = sweep[0]
+        gpu_load = {} if device == "cpu" else {"hw_decoder_load": first_load}
+        for decode_only, suffix in ((False, ""), (True, "-decode")):
+            kind = "decode" if decode_only else "training pipeline"
+            for threads, load in sweep:
+                hw = {} if load is None else {"hw_decoder_load": load}
+                loader = (decode_only_loader(subset, device, batch_size, threads, **hw) if decode_only
+                          else training_loader(subset, device, batch_size, threads=threads, **hw)[0])
+                add(f"dali-{device}{suffix}", device, loader, kind, threads, hw=load,
+                    tag=sweep_tag(device, threads, load, args), **size)
+            if device == "cpu":
+                add(f"pil-dataloader{suffix}", device, pil_loader(subset, batch_size, cpu_count(), decode_only), kind,
+                    cpu_count(), **size)
+            if not decode_only:
+                add(f"dali-reference-{device}", device, reference_loader(subset, device, batch_size, first_threads),
+                    "reference training pipeline", first_threads, **size)
+            if device == "gpu" and torchvision_available():
+                add(f"torchvision-gpu{suffix}", device, TorchvisionGpu(subset, batch_size, decode_only), kind, 1,
+                    **size)
+        add(f"dali-{device}-no-lighting", device,
+            training_loader(subset, device, batch_size, threads=first_threads, lighting=0.0, **gpu_load)[0],
+            "training pipeline", first_threads, hw=first_load, **size)
+        run = pca_pass(subset, device, batch_size, first_threads)
+        rows.append({"name": f"dali-{device}-pca-stats", "base": f"dali-{device}-pca-stats", "device": device,
+                     "kind": "statistics pass", "threads": first_threads, "hw_decoder_load": first_load, **size,
+                     **timed(run, images, args.trials, warmup=run)})
+    return report("training input pipeline", rows, args, ratio_notes(rows))
+
+
+def sweep_tag(device: str, threads: int, load, args) -> str:
+    """The settings that tell the rows of a sweep apart: '' when nothing is swept."""
+    parts = []
+    if device == "gpu" and len(args.hw_decoder_load) > 1:
+        parts.append(f"hw={load:g}")
+    if args.threads and len(args.threads) > 1:
+        parts.append(f"threads={threads}")
+    return f"[{','.join(parts)}]" if parts else ""
+
+
+def ratio_notes(rows: list[dict]) -> list[str]:
+    """Ratios of rows measured side by side: every dali row against its own decode-only row, and
+    against the peers that ran with the same threads (one line per setting of a sweep)."""
+    def find(base, like=None):
+        for row in rows:
+            if row["base"] == base and (like is None or (row["threads"], row["hw_decoder_load"])
+                                        == (like["threads"], like["hw_decoder_load"])):
+                return row
+        return None
+
+    def ratio(a, b):
+        return a["images_per_sec"] / b["images_per_sec"]
+
     notes = []
-    if "dali-cpu" in by_name and "pil-dataloader" in by_name:
-        notes.append(f"dali-cpu / pil-dataloader = {by_name['dali-cpu'] / by_name['pil-dataloader']:.2f}x "
-                     f"on the same {cores} cores")
-    for name in ("dali-cpu", "dali-gpu"):
-        if name in by_name and f"{name}-no-lighting" in by_name:
-            notes.append(f"{name}: lighting on / off = {by_name[name] / by_name[name + '-no-lighting']:.3f}")
-    for name in ("dali-cpu", "dali-gpu", "pil-dataloader"):
-        if name in by_name and f"{name}-decode" in by_name:
-            notes.append(f"{name} runs at {by_name[name] / by_name[name + '-decode']:.0%} of its decode-only rate")
-    return report("training input pipeline", rows, args, notes)
+    for row in rows:
+        device, base, name = row["device"], row["base"], row["name"]
+        if base == f"dali-{device}":
+            if device == "cpu" and (pil := find("pil-dataloader")) is not None:
+                notes.append(f"{name} / pil-dataloader = {ratio(row, pil):.2f}x "
+                             f"(DALI threads: {row['threads']}, DataLoader workers: {pil['threads']})")
+            reference = find(f"dali-reference-{device}")
+            if reference is not None and reference["threads"] == row["threads"]:
+                notes.append(f"{name} / {reference['name']} = {ratio(row, reference):.2f}x "
+                             f"(the same files, DALI threads: {row['threads']})")
+            if (torchvision := find(f"torchvision-{device}")) is not None:
+                notes.append(f"{name} / {torchvision['name']} = {ratio(row, torchvision):.2f}x")
+            if (lighting_off := find(f"dali-{device}-no-lighting", like=row)) is not None:
+                notes.append(f"{name}: lighting on / off = {ratio(row, lighting_off):.3f}")
+        if base in (f"dali-{device}", "pil-dataloader", "torchvision-gpu"):
+            partner = find(f"{base}-decode", like=row if base == f"dali-{device}" else None)
+            if partner is not None:
+                notes.append(f"{name} runs at {ratio(row, partner):.0%} of its decode-only rate")
+    return notes
 
 
 if __name__ == "__main__":

@@ -8,34 +8,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common import base_parser, data_files, report, timed, wants
-
-MEAN = (0.485, 0.456, 0.406)
+from common import alexnet, base_parser, data_files, devices, parse, report, sizes, ten_crop_predictor, timed
 
 
 def main(argv=None):
-    from alexnet_dali.model import AlexNetModule
-    from alexnet_dali.pca import PCA
-    from alexnet_dali.predict import Predictor
-
-    parser = base_parser(__doc__.split("\n\n")[0])
-    parser.set_defaults(images=128, batch_size=32)
-    args = parser.parse_args(argv)
+    parser = base_parser(__doc__.split("\n\n")[0], cpu=(128, 32), gpu=(2048, 256))
+    args = parse(parser, argv)
     files = data_files(args)
     blobs = [Path(f).read_bytes() for f in files]  # read once: the rows time decoding and the model
-    pca = PCA(MEAN, (0.0, 0.0, 0.0), ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
-    classes = [str(i) for i in range(1000)]
     rows = []
-    plans = []
-    if wants(args, "cpu"):
-        plans.append(("cpu", "fp32", False))
-    if wants(args, "gpu"):
-        plans += [("gpu", "fp32", False), ("gpu", "bf16", True)]  # both channels_last (NHWC crops)
-    for kind, variant, fast in plans:
-        predictor = Predictor(AlexNetModule(1000), pca, classes, device=kind, batch_size=args.batch_size, fast=fast)
-        run = lambda: predictor.predict_bytes(blobs)  # noqa: E731
-        rows.append({"name": f"ten-crop {variant}", "device": kind, "variant": variant,
-                     **timed(run, len(blobs), args.trials, warmup=run)})
+    for device in devices(args):
+        images, batch_size = sizes(args, device)
+        subset = blobs[:images]
+        # on the GPU both are channels_last (the crops arrive NHWC)
+        for precision in ("fp32",) if device == "cpu" else ("fp32", "bf16"):
+            predictor = ten_crop_predictor(alexnet(1000, device), device, batch_size, precision)
+            run = lambda: predictor.predict_bytes(subset)  # noqa: E731
+            rows.append({"name": f"ten-crop {precision}", "device": device, "variant": precision,
+                         "images": len(subset), "batch_size": batch_size,
+                         **timed(run, len(subset), args.trials, warmup=run)})
     return report("ten-crop prediction", rows, args)
 
 

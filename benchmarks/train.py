@@ -10,11 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common import base_parser, data_files, report, timed, wants
+from common import alexnet, autocast, base_parser, data_files, devices, parse, report, sizes, timed, torch_device
+from common import training_loader
 
-MEAN = (0.485, 0.456, 0.406)
-EIGVAL = (0.2175, 0.0188, 0.0045)
-EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 CLASSES = 1000
 
 # (name, bf16 autocast, channels_last model, torch.compile). On a GPU `alexnet-dali train` runs
@@ -25,8 +23,6 @@ GPU_VARIANTS = [("fp32", False, False, False), ("fp32+channels_last", False, Tru
 
 def make_step(net, optimizer, bf16: bool):
     """The trainer's step (alexnet_dali.train.train_one_epoch) without its bookkeeping."""
-    from alexnet_dali.train import autocast
-
     criterion = nn.CrossEntropyLoss()
     precision = "bf16" if bf16 else "fp32"
 
@@ -40,12 +36,8 @@ def make_step(net, optimizer, bf16: bool):
     return step
 
 
-def build(device: torch.device, channels_last: bool, compiled: bool):
-    from alexnet_dali.model import AlexNetModule
-
-    net = AlexNetModule(CLASSES).to(device)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
+def build(device: str, channels_last: bool, compiled: bool):
+    net = alexnet(CLASSES, device, channels_last)
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
     return (torch.compile(net) if compiled else net), optimizer
 
@@ -81,46 +73,32 @@ def end_to_end(step, device, loader):
     return run
 
 
-def loader_for(files, kind: str, batch_size: int):
-    from alexnet_dali.data import Split
-    from alexnet_dali.distributed import DistInfo
-    from alexnet_dali.loader import LoaderSettings, dali_threads, training_loader
-    from alexnet_dali.pca import PCA
-
-    dist_info = DistInfo(0, 0, 1, 1, torch.device("cuda", 0) if kind == "gpu" else torch.device("cpu"))
-    split = Split("train", tuple(files), tuple(i % CLASSES for i in range(len(files))), tuple(map(str, range(CLASSES))))
-    settings = LoaderSettings(batch_size, dali_threads(0, dist_info), 2, 0, 0.1)
-    return training_loader(split, PCA(MEAN, EIGVAL, EIGVEC), settings, dist_info), settings.num_threads
-
-
 def main(argv=None):
-    parser = base_parser(__doc__.split("\n\n")[0])
-    parser.set_defaults(images=256, batch_size=32)
-    args = parser.parse_args(argv)
+    parser = base_parser(__doc__.split("\n\n")[0], cpu=(256, 32), gpu=(4096, 256))
+    args = parse(parser, argv)
     files = data_files(args)
     rows, notes = [], []
-    plans = []
-    if wants(args, "cpu"):
-        plans.append(("cpu", [("fp32", False, False, False)]))
-    if wants(args, "gpu"):
-        torch.backends.cudnn.benchmark = True
-        plans.append(("gpu", GPU_VARIANTS))
-    for kind, variants in plans:
-        device = torch.device("cuda", 0) if kind == "gpu" else torch.device("cpu")
-        loader, dali_threads = loader_for(files, kind, args.batch_size)
-        images_per_epoch = len(loader) * args.batch_size
+    for kind in devices(args):
+        images, batch_size = sizes(args, kind)
+        variants = GPU_VARIANTS if kind == "gpu" else [("fp32", False, False, False)]
+        if kind == "gpu":
+            torch.backends.cudnn.benchmark = True
+        device = torch_device(kind)
+        loader, dali_threads = training_loader(files[:images], kind, batch_size)  # threads as the trainer takes
+        images_per_epoch = len(loader) * batch_size
         for name, bf16, channels_last, compiled in variants:
-            net, optimizer = build(device, channels_last, compiled)
+            net, optimizer = build(kind, channels_last, compiled)
             step = make_step(net, optimizer, bf16)
-            run, n = model_only(step, device, args.batch_size, images_per_epoch)
+            run, n = model_only(step, device, batch_size, images_per_epoch)
             alone = timed(run, n, args.trials, warmup=run)
             fed = timed(end_to_end(step, device, loader), images_per_epoch, args.trials,
                         warmup=end_to_end(step, device, loader))
             ratio = fed["images_per_sec"] / alone["images_per_sec"]
             common = {"device": kind, "variant": name, "torch_threads": torch.get_num_threads(),
-                      "dali_threads": dali_threads}
-            rows.append({"name": f"model-only {name}", **common, **alone})
-            rows.append({"name": f"end-to-end {name}", **common, **fed, "fraction_of_model_only": round(ratio, 3)})
+                      "dali_threads": dali_threads, "batch_size": batch_size}
+            rows.append({"name": f"model-only {name}", **common, "images": n, **alone})
+            rows.append({"name": f"end-to-end {name}", **common, "images": images_per_epoch, **fed,
+                         "fraction_of_model_only": round(ratio, 3)})
             notes.append(f"{kind} {name}: end-to-end runs at {ratio:.1%} of model-only "
                          f"(data stall {max(0.0, 1 - ratio):.1%})")
     return report("AlexNet training (1000 classes)", rows, args, notes)

@@ -42,11 +42,15 @@ def on_device(labels, device: str):
     return labels.gpu() if device == "gpu" else labels
 
 
-def decode(encoded, device: str, hw_decoder_load: float = 0.65):
+def decode(encoded, device: str, hw_decoder_load: float):
     """JPEG/PNG/... -> RGB uint8 HWC, on the CPU (libjpeg-turbo) or the GPU (nvJPEG + hardware decoder)."""
     if device == "gpu":
+        # jpeg_fancy_upsampling: interpolate 4:2:0 chroma as libjpeg-turbo (the CPU decoder) does.
+        # nvJPEG's default repeats each chroma sample over 2×2 pixels, which changes the colours
+        # along every colour edge: a model trained on one device would be tested on other pixels.
         return fn.decoders.image(
             encoded, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load,
+            jpeg_fancy_upsampling=True,
             device_memory_padding=DEVICE_MEMORY_PADDING, host_memory_padding=HOST_MEMORY_PADDING,
         )
     if device == "cpu":
@@ -62,7 +66,7 @@ def decode(encoded, device: str, hw_decoder_load: float = 0.65):
 MAX_BILINEAR_SHRINK = 2.0
 
 
-def decode_and_centre(encoded, device: str, size: int = SCALE_SIZE, hw_decoder_load: float = 0.65, window=None):
+def decode_and_centre(encoded, device: str, hw_decoder_load: float, size: int = SCALE_SIZE, window=None):
     """Decode, rescale the short side to `size` and keep the central size×size square, or only
     a window of that square.
 
@@ -96,8 +100,8 @@ def decode_and_centre(encoded, device: str, size: int = SCALE_SIZE, hw_decoder_l
 def decode_region(encoded, top, left, extent, step, height, width):
     """Decode on the CPU only the square [top, top + extent) × [left, left + extent), widened by
     the resampling filter's reach (at most `step` + 1 pixels): the same pixels as decoding the
-    whole image, and libjpeg-turbo skips the blocks outside (measured +7% images/s for training
-    crops). Returns the image and (top, left) relative to the region."""
+    whole image, and libjpeg-turbo skips the blocks outside (benchmarks/RESULTS.md has the gain).
+    Returns the image and (top, left) relative to the region."""
     margin = dmath.ceil(step) + 1.0
     row0 = dmath.max(dmath.floor(top) - margin, 0.0)
     col0 = dmath.max(dmath.floor(left) - margin, 0.0)
@@ -116,7 +120,7 @@ def resample(images, device: str, top, left, step, out: int):
     if step > MAX_BILINEAR_SHRINK:
         result = fn.resize(images, size=[out, out], roi_start=start, roi_end=end, roi_relative=False)
     elif device == "cpu":
-        # OpenCV's warp: the same samples as resize(antialias=False), measured 2× faster on the CPU
+        # OpenCV's warp: the same samples as resize(antialias=False), faster on the CPU (RESULTS.md)
         zero, one = fn.zeros_like(step), fn.ones_like(step)
         matrix = fn.reshape(fn.stack(step, zero, left, zero, step, top, zero, zero, one), shape=[3, 3])
         result = fn.experimental.warp_perspective(images, matrix=matrix, size=[out, out], inverse_map=True,

@@ -8,8 +8,8 @@ from .common import decode_and_centre, normalised_crop, on_device, output_layout
 
 
 @pipeline_def(enable_checkpointing=True, enable_conditionals=True)
-def evaluation_pipeline(files, labels, *, device: str, mean, shard_id: int = 0, num_shards: int = 1,
-                        hw_decoder_load: float = 0.65):
+def evaluation_pipeline(files, labels, *, device: str, hw_decoder_load: float, mean, shard_id: int = 0,
+                        num_shards: int = 1):
     encoded, label = read_files(files, labels, shard_id=shard_id, num_shards=num_shards, shuffle=False)
     images = decode_and_centre(encoded, device, hw_decoder_load=hw_decoder_load)
     mean255 = [255.0 * float(m) for m in mean]

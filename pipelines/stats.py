@@ -14,7 +14,7 @@ CROSS_PRODUCTS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
 
 
 @pipeline_def(enable_conditionals=True)
-def statistics_pipeline(files, *, device: str, shard_id: int = 0, num_shards: int = 1, hw_decoder_load: float = 0.65):
+def statistics_pipeline(files, *, device: str, hw_decoder_load: float, shard_id: int = 0, num_shards: int = 1):
     """Per image: sums [3] of R, G, B and sums [6] of the channel products (CROSS_PRODUCTS), as
     int64. Products of uint8 values fit int32 and sums of a 256×256 image fit int64 exactly."""
     encoded, _ = read_files(files, [0] * len(files), shard_id=shard_id, num_shards=num_shards, shuffle=False)

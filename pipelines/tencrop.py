@@ -20,8 +20,8 @@ ENCODED_INPUT = "encoded"
 
 
 @pipeline_def(enable_conditionals=True)
-def tencrop_pipeline(files=None, labels=None, *, device: str, mean, shard_id: int = 0, num_shards: int = 1,
-                     hw_decoder_load: float = 0.65):
+def tencrop_pipeline(files=None, labels=None, *, device: str, hw_decoder_load: float, mean, shard_id: int = 0,
+                     num_shards: int = 1, source=None):
     """From a file list (evaluation, sharded, with labels) or, with files=None, from encoded
     bytes fed to the external source ENCODED_INPUT (prediction)."""
     if files is None:

@@ -14,9 +14,8 @@ OFFSETS = [float(k) for k in range(CROP_POSITIONS)]
 
 
 @pipeline_def(enable_checkpointing=True, enable_conditionals=True)
-def training_pipeline(files, labels, *, device: str, mean, eigval, eigvec, lighting: float = 0.1,
-                      shard_id: int = 0, num_shards: int = 1, shuffle_seed: int = 0,
-                      hw_decoder_load: float = 0.65, debug: bool = False):
+def training_pipeline(files, labels, *, device: str, hw_decoder_load: float, mean, eigval, eigvec, lighting: float,
+                      shard_id: int = 0, num_shards: int = 1, shuffle_seed: int = 0, debug: bool = False):
     """Outputs images [3, 224, 224] (CPU) or [224, 224, 3] (GPU), float32, and labels [1].
 
     `seed` (a pipeline argument) drives crops, flips and lighting and must differ per rank;

@@ -92,6 +92,32 @@ def make_class_folders(root: Path, per_split: dict[str, int] | None = None, clas
     return root
 
 
+def tiny_config(layout, out, **changes):
+    """A training config for a small original-layout set: CPU, batch 4, one DALI thread."""
+    from alexnet_dali.config import TrainConfig
+
+    values = dict(data=str(layout["data"]), labels=str(layout["labels"]), label_encoding=str(layout["label_encoding"]),
+                  out=str(out), epochs=2, batch_size=4, lr=3e-5, device="cpu", dali_threads=1)
+    return TrainConfig(**{**values, **changes})
+
+
+def layout_args(layout) -> list:
+    return [layout["data"], "--labels", layout["labels"], "--label-encoding", layout["label_encoding"]]
+
+
+def train_args(layout, out, *extra) -> list:
+    """`alexnet-dali train` arguments for a small original-layout set (as tiny_config)."""
+    return ["train", *layout_args(layout), "--out", out, "--batch-size", "4", "--lr", "3e-5", "--device", "cpu",
+            "--dali-threads", "1", *map(str, extra)]
+
+
+def cpu_placement(threads: int = 1):
+    """Where a test's pipelines and model run: the CPU."""
+    from alexnet_dali.placement import place
+
+    return place("cpu", threads=threads, hw_decoder_load=0.65)
+
+
 @pytest.fixture
 def original_layout(tmp_path) -> dict:
     return make_original_layout(tmp_path / "data")

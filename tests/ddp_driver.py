@@ -9,9 +9,11 @@ from pathlib import Path
 import torch
 
 from alexnet_dali.config import TrainConfig
+from alexnet_dali.log import setup_logging
 from alexnet_dali.train import train
 
-config = TrainConfig.from_dict(json.loads(Path(sys.argv[1]).read_text()))
-result = train(config)
 rank = int(os.environ.get("RANK", 0))
-torch.save(result.net.state_dict(), Path(sys.argv[2]) / f"weights-rank{rank}.pt")
+setup_logging(rank)
+config = TrainConfig.from_dict(json.loads(Path(sys.argv[1]).read_text()))
+state = train(config)
+torch.save(state.bundle.net.state_dict(), Path(sys.argv[2]) / f"weights-rank{rank}.pt")

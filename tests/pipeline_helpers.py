@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps
 
+# The placement arguments of a CPU-only pipeline (pipelines take them from placement.Placement).
+CPU = dict(device="cpu", hw_decoder_load=0.0)
+
 IDENTITY_PCA = dict(eigval=(0.0, 0.0, 0.0), eigvec=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
 
 
@@ -19,6 +22,21 @@ def run_batches(pipe, batches: int) -> list[list[np.ndarray]]:
         for store, tensor_list in zip(outputs, result):
             store += [np.array(tensor_list[i]) for i in range(len(tensor_list))]
     return outputs
+
+
+def dali_centre_256(files, num_threads: int = 2) -> list[np.ndarray]:
+    """DALI on the CPU: decode, short side 256, centre 256×256 (uint8 HWC), one array per file."""
+    from nvidia.dali import fn, pipeline_def
+
+    from alexnet_dali.pipelines.common import decode_and_centre
+
+    @pipeline_def(batch_size=len(files), num_threads=num_threads, device_id=None, enable_conditionals=True)
+    def pipe():
+        encoded, _ = fn.readers.file(files=list(files), labels=[0] * len(files))
+        return decode_and_centre(encoded, **CPU)
+
+    (images,) = run_batches(pipe(), 1)
+    return images
 
 
 def pil_centre_256(path) -> np.ndarray:

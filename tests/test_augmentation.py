@@ -6,9 +6,8 @@ import pytest
 
 from alexnet_dali.pca import PCA, compute_pca, pca_from_moments
 from alexnet_dali.pipelines import training_pipeline
-from alexnet_dali.pipelines.common import decode_and_centre
-from conftest import write_image
-from pipeline_helpers import IDENTITY_PCA, pil_centre_256, run_batches
+from conftest import cpu_placement, write_image
+from pipeline_helpers import CPU, IDENTITY_PCA, dali_centre_256, pil_centre_256, run_batches
 
 
 def numpy_pca(pixels: np.ndarray):
@@ -31,19 +30,11 @@ def varied_images(tmp_path_factory):
 
 
 def dali_pixels(files):
-    from nvidia.dali import fn, pipeline_def
-
-    @pipeline_def(batch_size=len(files), num_threads=2, device_id=None, enable_conditionals=True)
-    def pipe():
-        encoded, _ = fn.readers.file(files=files, labels=[0] * len(files))
-        return decode_and_centre(encoded, "cpu")
-
-    (images,) = run_batches(pipe(), 1)
-    return np.stack(images)
+    return np.stack(dali_centre_256(files))
 
 
 def test_pca_equals_numpy_over_the_same_resized_pixels(varied_images):
-    pca = compute_pca(varied_images, batch_size=3, num_threads=2)  # 7 files: the last batch is padded
+    pca = compute_pca(varied_images, cpu_placement(threads=2), batch_size=3)  # 7 files: the last batch is padded
     mean, eigval, eigvec = numpy_pca(dali_pixels(varied_images))
     np.testing.assert_allclose(pca.mean, mean, rtol=1e-12)
     np.testing.assert_allclose(pca.eigval, eigval, rtol=1e-9)
@@ -81,7 +72,7 @@ def test_lighting_shift_has_the_papers_distribution(tmp_path):
     colour = np.array([120.0, 130.0, 140.0])
     path = write_image(tmp_path / "flat.png", 256, 256, array=np.full((256, 256, 3), colour, np.uint8))
     pca, sigma, batch, runs = random_pca(), 0.1, 100, 20
-    pipe = training_pipeline([str(path)] * batch, [0] * batch, device="cpu", mean=pca.mean, eigval=pca.eigval,
+    pipe = training_pipeline([str(path)] * batch, [0] * batch, **CPU, mean=pca.mean, eigval=pca.eigval,
                              eigvec=pca.eigvec, lighting=sigma, batch_size=batch, num_threads=2, device_id=None,
                              seed=11)
     images, _ = run_batches(pipe, runs)
@@ -109,7 +100,7 @@ def test_lighting_zero_means_no_shift(tmp_path):
     colour = np.array([50.0, 150.0, 250.0])
     path = write_image(tmp_path / "flat.png", 256, 256, array=np.full((256, 256, 3), colour, np.uint8))
     pca = random_pca()
-    pipe = training_pipeline([str(path)] * 8, [0] * 8, device="cpu", mean=pca.mean, eigval=pca.eigval,
+    pipe = training_pipeline([str(path)] * 8, [0] * 8, **CPU, mean=pca.mean, eigval=pca.eigval,
                              eigvec=pca.eigvec, lighting=0.0, batch_size=8, num_threads=1, device_id=None)
     images, _ = run_batches(pipe, 2)
     np.testing.assert_allclose(np.stack(images), np.broadcast_to((colour - 255 * np.array(pca.mean))[:, None, None],
@@ -131,7 +122,7 @@ def coordinate_image(width: int, height: int, scale: int = 1) -> np.ndarray:
 
 
 def sample_crops(path, draws: int, seed: int, batch: int = 64):
-    pipe = training_pipeline([str(path)] * batch, [0] * batch, device="cpu", mean=(0, 0, 0), lighting=0.0,
+    pipe = training_pipeline([str(path)] * batch, [0] * batch, **CPU, mean=(0, 0, 0), lighting=0.0,
                              batch_size=batch, num_threads=2, device_id=None, seed=seed, **IDENTITY_PCA)
     images, _ = run_batches(pipe, draws // batch)
     return np.stack(images)
@@ -179,7 +170,7 @@ def test_same_seed_same_batches_other_seed_other_batches(tmp_path):
     pca = random_pca()
 
     def first_batches(seed):
-        pipe = training_pipeline(files, list(range(6)), device="cpu", mean=pca.mean, eigval=pca.eigval,
+        pipe = training_pipeline(files, list(range(6)), **CPU, mean=pca.mean, eigval=pca.eigval,
                                  eigvec=pca.eigvec, lighting=0.1, shuffle_seed=seed, batch_size=3, num_threads=2,
                                  device_id=None, seed=seed)
         images, labels = run_batches(pipe, 4)
@@ -203,5 +194,5 @@ def test_alexnet_computes_the_pca_once_then_reads_the_cache(tmp_path, capsys):
     second = AlexNet(layout["data"], layout["labels"], layout["label_encoding"], device="cpu", out_dir=tmp_path / "b")
     assert "computing the RGB PCA" not in capsys.readouterr().out
     assert second.pca == first.pca
-    reference = compute_pca(first.data.train.files)
+    reference = compute_pca(first.data.train.files, cpu_placement())
     np.testing.assert_allclose(first.pca.mean, reference.mean, rtol=1e-12)

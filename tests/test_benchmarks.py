@@ -1,66 +1,116 @@
-"""Smoke runs of the benchmark scripts at a tiny size: they run, print a table and write the
-promised JSON. No timing is asserted here (figures come from full runs: benchmarks/RESULTS.md)."""
+"""Smoke runs of the benchmark scripts and of the acceptance suite at a tiny size: they run, print
+their tables and write the promised JSON. No timing is asserted here (figures come from full runs:
+benchmarks/RESULTS.md)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_script(script, tmp_path, *arguments):
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # the generated images go here
+    return subprocess.run([sys.executable, str(BENCHMARKS / f"{script}.py"), *map(str, arguments)],
+                          capture_output=True, text=True, env=env, timeout=600)
 
 
 def run_benchmark(script, tmp_path, *extra):
     out = tmp_path / f"{script}.json"
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # the generated images go here
-    result = subprocess.run([sys.executable, str(BENCHMARKS / f"{script}.py"), "--device", "cpu", "--trials", "1",
-                             "--json", str(out), *map(str, extra)], capture_output=True, text=True, env=env,
-                            timeout=300)
+    result = run_script(script, tmp_path, "--device", "cpu", "--trials", "1", "--json", out, *extra)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(out.read_text()), result.stdout
 
 
-def check_rows(report, names):
-    assert {"rows", "machine", "settings"} <= set(report)
+def check_rows(report, names, images, batch_size):
+    assert {"rows", "machine", "settings", "notes"} <= set(report)
     assert {"cpu", "cpu_cores", "torch", "dali"} <= set(report["machine"])
     assert [row["name"] for row in report["rows"]] == names
     for row in report["rows"]:
         assert row["device"] == "cpu" and row["images_per_sec"] > 0 and len(row["trials"]) == 1
+        assert (row["images"], row["batch_size"]) == (images, batch_size)
 
 
-def test_pipeline_benchmark_checks_the_hw_decoder_sweep_before_running(tmp_path):
-    result = subprocess.run([sys.executable, str(BENCHMARKS / "pipeline.py"), "--hw-decoder-load", "0,0.5,1.5"],
-                            capture_output=True, text=True, timeout=60)
+def generated_sets(tmp_path):
+    return sorted(p.name for p in (tmp_path / "cache" / "alexnet-dali" / "benchmarks").iterdir())
+
+
+def test_pipeline_benchmark_checks_its_sweeps_before_running(tmp_path):
+    result = run_script("pipeline", tmp_path, "--hw-decoder-load", "0,0.5,1.5")
     assert result.returncode == 2
     assert "every hw_decoder_load must be in [0, 1], got 0,0.5,1.5" in result.stderr
+    result = run_script("pipeline", tmp_path, "--threads", "4,0")
+    assert result.returncode == 2
+    assert "threads must be whole numbers of at least 1, got 4,0" in result.stderr
 
 
-def test_pipeline_benchmark(tmp_path):
-    report, stdout = run_benchmark("pipeline", tmp_path, "--images", 16, "--batch-size", 8)
-    check_rows(report, ["dali-cpu", "pil-dataloader", "dali-cpu-decode", "pil-dataloader-decode",
-                        "dali-cpu-no-lighting", "dali-cpu-pca-stats"])
-    assert "dali-cpu / pil-dataloader" in stdout
-    generated = list((tmp_path / "cache" / "alexnet-dali" / "benchmarks").glob("*/*.jpg"))
-    assert len(generated) == 16
-
-
-def test_training_benchmark(tmp_path):
-    report, stdout = run_benchmark("train", tmp_path, "--images", 8, "--batch-size", 4)
-    check_rows(report, ["model-only fp32", "end-to-end fp32"])
-    assert 0 < report["rows"][1]["fraction_of_model_only"]
-    assert "of model-only" in stdout
-
-
-def test_prediction_benchmark(tmp_path):
-    report, _ = run_benchmark("predict", tmp_path, "--images", 4, "--batch-size", 2)
-    check_rows(report, ["ten-crop fp32"])
+def test_pipeline_benchmark_sweeps_threads_and_keeps_every_ratio(tmp_path):
+    """A --threads sweep gives one dali row (and one decode row) per value; each keeps its ratio to
+    its own decode-only row, and the rows with the peers' threads keep theirs to the peers."""
+    report, stdout = run_benchmark("pipeline", tmp_path, "--images", 16, "--batch-size", 8, "--threads", "1,2")
+    check_rows(report, ["dali-cpu[threads=1]", "dali-cpu[threads=2]", "pil-dataloader", "dali-reference-cpu",
+                        "dali-cpu-decode[threads=1]", "dali-cpu-decode[threads=2]", "pil-dataloader-decode",
+                        "dali-cpu-no-lighting", "dali-cpu-pca-stats"], 16, 8)
+    threads = {row["name"]: row["threads"] for row in report["rows"]}
+    assert threads["dali-reference-cpu"] == threads["dali-cpu-no-lighting"] == 1  # the sweep's first value
+    ratio, share = r"[0-9.]+x", r"[0-9]+% of its decode-only rate"
+    expected = [rf"dali-cpu\[threads=1\] / pil-dataloader = {ratio} \(DALI threads: 1, DataLoader workers: \d+\)",
+                rf"dali-cpu\[threads=1\] / dali-reference-cpu = {ratio} \(the same files, DALI threads: 1\)",
+                r"dali-cpu\[threads=1\]: lighting on / off = [0-9.]+",
+                rf"dali-cpu\[threads=1\] runs at {share}",
+                rf"dali-cpu\[threads=2\] / pil-dataloader = {ratio} \(DALI threads: 2, DataLoader workers: \d+\)",
+                rf"dali-cpu\[threads=2\] runs at {share}",
+                rf"pil-dataloader runs at {share}"]
+    assert len(report["notes"]) == len(expected)
+    for pattern, note in zip(expected, report["notes"]):
+        assert re.fullmatch(pattern, note), (pattern, note)
+        assert note in stdout
+    assert generated_sets(tmp_path) == ["imagenet-like-v2-16-0"]  # no partial set left behind
+    generated = tmp_path / "cache" / "alexnet-dali" / "benchmarks" / "imagenet-like-v2-16-0"
+    assert len(list(generated.glob("*.jpg"))) == 16 and (generated / "complete").exists()
 
 
 def test_benchmarks_read_a_given_folder(tmp_path):
+    """--data: every row reads the folder's 5 JPEGs (fewer than --images asks for), found in a
+    sub-folder, and nothing is generated."""
     from conftest import write_image
 
-    for i in range(6):
+    for i in range(5):
         write_image(tmp_path / "photos" / "sub" / f"{i}.jpg", 320, 240, seed=i)
-    report, _ = run_benchmark("predict", tmp_path, "--data", tmp_path / "photos", "--images", 6, "--batch-size", 3)
+    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    report, _ = run_benchmark("predict", tmp_path, "--data", tmp_path / "photos", "--images", 64, "--batch-size", 3)
+    check_rows(report, ["ten-crop fp32"], 5, 3)
     assert report["settings"]["data"] == str(tmp_path / "photos")
+    assert report["settings"]["data_read"] == {"images": 5, "first": "sub/0.jpg", "last": "sub/4.jpg"}
+    assert not (tmp_path / "cache").exists()
+
+
+def test_suite_runs_the_tests_and_every_benchmark_into_one_folder(tmp_path):
+    """The acceptance command in CPU mode at a tiny size: the GPU tests' log (skipped here but
+    for the one that needs no GPU), every benchmark's JSON and log, one summary table."""
+    out = tmp_path / "acceptance"
+    result = run_script("suite", tmp_path, "--device", "cpu", "--out", out, "--images", 4, "--batch-size", 4,
+                        "--trials", 1)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["pipeline.json", "pipeline.log", "predict.json", "predict.log",
+                                                     "summary.txt", "test_gpu.log", "train.json", "train.log"]
+    assert "1 passed" in (out / "test_gpu.log").read_text()
+    reports = {name: json.loads((out / f"{name}.json").read_text()) for name in ("pipeline", "train", "predict")}
+    check_rows(reports["pipeline"], ["dali-cpu", "pil-dataloader", "dali-reference-cpu", "dali-cpu-decode",
+                                     "pil-dataloader-decode", "dali-cpu-no-lighting", "dali-cpu-pca-stats"], 4, 4)
+    check_rows(reports["train"], ["model-only fp32", "end-to-end fp32"], 4, 4)
+    assert 0 < reports["train"]["rows"][1]["fraction_of_model_only"]
+    check_rows(reports["predict"], ["ten-crop fp32"], 4, 4)
+    summary = (out / "summary.txt").read_text()
+    assert summary.strip() in result.stdout  # printed as written
+    assert re.search(r"^GPU tests \(tests/test_gpu.py\): \d+ passed, \d+ skipped", summary, re.MULTILINE)
+    lines = summary.splitlines()
+    for report in reports.values():
+        for row in report["rows"]:  # one line per row: benchmark, name, device, images, batch, images/s
+            cells = [report["benchmark"], row["name"], "cpu", "4", "4", f"{row['images_per_sec']:.1f}"]
+            assert any(re.match(r"\s+".join(map(re.escape, cells)) + r"\s", line) for line in lines), cells
+        for note in report["notes"]:
+            assert note in lines

@@ -5,7 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from alexnet_dali.data import DataError, index_dataset, read_label_encoding
+from alexnet_dali.data import DataError, index_dataset
+from alexnet_dali.labels import parse_label_encoding
+
+
+def read_label_encoding(path):
+    return parse_label_encoding(path.read_text(), str(path))
 from conftest import make_class_folders, write_image
 
 

@@ -14,12 +14,12 @@ import torch
 
 from alexnet_dali.config import ConfigError, TrainConfig
 from alexnet_dali.distributed import DistInfo
-from alexnet_dali.loader import LoaderSettings, training_loader
+from alexnet_dali.evaluate import evaluate_split
+from alexnet_dali.loader import training_loader
 from alexnet_dali.model import AlexNetModule
-from alexnet_dali.predict import evaluate_split
 from alexnet_dali.prepare import prepare_data
 from alexnet_dali.train import batch_plan
-from conftest import make_original_layout
+from conftest import cpu_placement, make_original_layout, tiny_config
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,13 +34,11 @@ def torchrun(*args, nproc=2, env=None, max_restarts=0, timeout=300, popen=False)
 
 
 def cpu_rank(rank: int, world: int) -> DistInfo:
-    return DistInfo(rank, rank, world, world, torch.device("cpu"))
+    return DistInfo(rank, rank, world, world)
 
 
 def config_for(layout, out, **changes) -> TrainConfig:
-    values = dict(data=str(layout["data"]), labels=str(layout["labels"]), label_encoding=str(layout["label_encoding"]),
-                  out=str(out), epochs=1, batch_size=4, lr=3e-4, device="cpu", dali_threads=1)
-    return TrainConfig(**{**values, **changes})
+    return tiny_config(layout, out, **{"epochs": 1, "lr": 3e-4, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +60,11 @@ def ddp_run(tmp_path_factory, uneven):
 
 def global_batches(config: TrainConfig, world: int, epochs: int):
     """The batches each rank's real DALI loader yields, joined rank by rank into global batches."""
-    data = prepare_data(config, cpu_rank(0, 1), log=lambda *a: None)
+    data = prepare_data(config, cpu_rank(0, 1), cpu_placement())
     per_process, _, _ = batch_plan(config, world)
-    settings = LoaderSettings(per_process, 1, config.prefetch, config.seed, config.lighting)
-    loaders = [training_loader(data.train, data.pca, settings, cpu_rank(r, world)) for r in range(world)]
+    loaders = [training_loader(data.train, data.pca, cpu_placement(), cpu_rank(r, world), batch_size=per_process,
+                               seed=config.seed, lighting=config.lighting, prefetch=config.prefetch)
+               for r in range(world)]
     steps = []
     for _ in range(epochs):
         per_rank = [[(x.clone(), y.clone()) for x, y in loader] for loader in loaders]
@@ -103,14 +102,14 @@ def test_ranks_hold_identical_weights_equal_to_one_process_on_the_same_global_ba
 
 def test_each_epoch_covers_every_image_across_ranks(uneven, tmp_path):
     config = config_for(uneven, tmp_path / "run")
-    data = prepare_data(config, cpu_rank(0, 1), log=lambda *a: None)
+    data = prepare_data(config, cpu_rank(0, 1), cpu_placement())
     path_of = dict(enumerate(data.train.files))
     # label each image by its index so the batches tell which images they hold
     from alexnet_dali.data import Split
 
     indexed = Split("train", data.train.files, tuple(range(len(data.train.files))), data.train.classes)
-    settings = LoaderSettings(2, 1, 2, config.seed, 0.1)
-    loaders = [training_loader(indexed, data.pca, settings, cpu_rank(r, 2)) for r in range(2)]
+    loaders = [training_loader(indexed, data.pca, cpu_placement(), cpu_rank(r, 2), batch_size=2, seed=config.seed,
+                               lighting=0.1, prefetch=2) for r in range(2)]
     for epoch in range(3):
         seen = [[int(i) for _, y in loader for i in y] for loader in loaders]
         assert len(seen[0]) == len(seen[1]) == 6  # same steps per rank: 3 × 2
@@ -121,14 +120,12 @@ def test_each_epoch_covers_every_image_across_ranks(uneven, tmp_path):
 def test_validation_under_two_processes_equals_one_process(ddp_run, uneven):
     config, root, _ = ddp_run
     history = json.loads((Path(config.out) / "history.json").read_text())
-    state = torch.load(Path(config.out) / "last.pt", weights_only=True)
-    net = AlexNetModule(2, dropout=0.0)
-    net.load_state_dict(state["model"])
     from alexnet_dali.data import index_dataset
-    from alexnet_dali.pca import PCA
+    from alexnet_dali.state import load_state
 
+    bundle = load_state(Path(config.out) / "last.pt").bundle
     val = index_dataset(uneven["data"], uneven["labels"], uneven["label_encoding"], splits=("val",))["val"]
-    single = evaluate_split(net, PCA.from_dict(state["pca"]), val, device="cpu", batch_size=2)
+    single = evaluate_split(bundle, val, cpu_placement(), ten_crop=False, batch_size=2, precision=None)
     assert single["images"] == 5
     assert history["val_accuracy"][-1] == pytest.approx(single["top1"])
     assert history["val_top5"][-1] == pytest.approx(single["top5"])
@@ -141,8 +138,8 @@ def test_pca_split_over_two_processes_equals_one_process(ddp_run):
 
     config, _, _ = ddp_run
     state = torch.load(Path(config.out) / "last.pt", weights_only=True)
-    data = prepare_data(config, cpu_rank(0, 1), log=lambda *a: None)
-    single = compute_pca(data.train.files)
+    data = prepare_data(config, cpu_rank(0, 1), cpu_placement())
+    single = compute_pca(data.train.files, cpu_placement())
     two = PCA.from_dict(state["pca"])
     assert two.images == single.images == 11
     np.testing.assert_allclose(two.mean, single.mean, rtol=1e-12)
@@ -152,10 +149,10 @@ def test_pca_split_over_two_processes_equals_one_process(ddp_run):
 def test_only_rank_zero_writes_and_logs(ddp_run):
     config, root, result = ddp_run
     out = Path(config.out)
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["best.pt", "config.json", "history.json", "last.pt", "previous.pt", "tensorboard", "cache"]
-        if (out / "cache").exists() else ["best.pt", "config.json", "history.json", "last.pt", "previous.pt",
-                                          "tensorboard"])
+    # the data folder is writable, so the scan and PCA caches live beside the data, not in the run
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "history.json", "last.pt",
+                                                     "previous.pt", "tensorboard"]
+    assert (Path(config.data) / ".alexnet-dali").is_dir()
     assert len(list((out / "tensorboard").iterdir())) == 1  # one SummaryWriter: rank 0's
     assert result.stdout.count("epoch 1/2:") == 1 and result.stdout.count("training on 11 images") == 1
     saved = json.loads((out / "config.json").read_text())
@@ -175,16 +172,14 @@ def test_batch_size_is_global_unless_per_gpu():
 
 
 def test_dali_threads_share_the_cores_and_cap_gpu_pipelines(monkeypatch):
-    import alexnet_dali.loader as loader
-    from alexnet_dali.distributed import DistInfo
+    import alexnet_dali.placement as placement
 
-    monkeypatch.setattr(loader, "cpu_count", lambda: 64)
-    cpu = DistInfo(0, 0, 1, 4, torch.device("cpu"))  # 4 processes on a 64-core node: 16 cores each
-    gpu = DistInfo(0, 0, 1, 4, torch.device("cuda", 0))
-    assert loader.dali_threads(0, cpu) == 8  # half: the model needs the cores too
-    assert loader.dali_threads(0, gpu) == loader.MAX_GPU_PIPELINE_THREADS == 8  # not 15
-    assert loader.dali_threads(0, DistInfo(0, 0, 1, 16, torch.device("cuda", 0))) == 3  # 4 cores, one for torch
-    assert loader.dali_threads(5, gpu) == 5  # asked for
+    monkeypatch.setattr(placement, "cpu_count", lambda: 64)
+    # 4 processes on a 64-core node: 16 cores each
+    assert placement.default_threads(on_gpu=False, local_world_size=4) == 8  # half: the model needs the cores too
+    assert placement.default_threads(on_gpu=True, local_world_size=4) == placement.MAX_GPU_PIPELINE_THREADS == 8
+    assert placement.default_threads(on_gpu=True, local_world_size=16) == 3  # 4 cores, one for torch
+    assert placement.place("cpu", threads=5, hw_decoder_load=0.65, local_world_size=4).threads == 5  # asked for
 
 
 def test_ranks_agree_on_a_signal_only_one_of_them_received(tmp_path):
@@ -195,8 +190,8 @@ def test_ranks_agree_on_a_signal_only_one_of_them_received(tmp_path):
     result = torchrun(HERE / "poll_driver.py", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     stops = [json.loads((tmp_path / f"stops-rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert SYNC_EVERY == 10
-    assert stops == [[[10, 15], [20, 15], [25, 15]]] * 2
+    agreed = [step for step in range(1, 26) if step % SYNC_EVERY == 0 and step >= 3] + [25]
+    assert stops == [[[step, signal.SIGTERM] for step in dict.fromkeys(agreed)]] * 2
 
 
 def worker_pids(agent_pid: int) -> list[int]:

@@ -13,16 +13,7 @@ import pytest
 import torch
 
 from alexnet_dali.checkpoint import CheckpointError, load_checkpoint
-from conftest import make_original_layout, run_cli, write_image
-
-
-def layout_args(layout):
-    return [layout["data"], "--labels", layout["labels"], "--label-encoding", layout["label_encoding"]]
-
-
-def train_args(layout, out, *extra):
-    return ["train", *layout_args(layout), "--out", out, "--batch-size", "4", "--lr", "3e-5", "--device", "cpu",
-            "--dali-threads", "1", *map(str, extra)]
+from conftest import layout_args, make_original_layout, run_cli, train_args, write_image
 
 
 @pytest.fixture
@@ -82,6 +73,13 @@ def test_train_refuses_before_any_step_and_skip_bad_trains_on_the_rest(damaged, 
     assert "checking that 1 images decode" in changed.stdout and "train_002" not in changed.stderr
 
 
+def remove_val(layout) -> None:
+    import shutil
+
+    shutil.rmtree(layout["data"] / "val")
+    assert not (layout["data"] / "val").exists()
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda d: (d["data"] / "train" / "new.jpg").write_bytes((d["data"] / "train" / "train_000.jpg").read_bytes()),
      "new.jpg: unlabelled"),
@@ -89,8 +87,7 @@ def test_train_refuses_before_any_step_and_skip_bad_trains_on_the_rest(damaged, 
      "label 'wolf' is not in the label encoding"),
     (lambda d: (d["data"] / "train" / "train_000.png").write_bytes(b"x"), "duplicate image id 'train_000'"),
     (lambda d: d["label_encoding"].write_text("{'cat': 0}"), "malformed JSON"),
-    (lambda d: [p.unlink() for p in (d["data"] / "val").iterdir()] and (d["data"] / "val").rmdir(),
-     "missing split 'val'"),
+    (remove_val, "missing split 'val'"),
 ])
 def test_label_and_layout_problems_are_clear_errors(original_layout, tmp_path, damage, message):
     damage(original_layout)
@@ -129,6 +126,15 @@ def test_sigkill_right_after_a_checkpoint_then_resume(sixteen, tmp_path):
     assert load_checkpoint(out / "last.pt")["epoch"] == 3
 
 
+def wait_for_progress(process: subprocess.Popen, text: str, timeout: float = 120) -> None:
+    """Read the progress bar (stderr, redrawn with carriage returns) until it shows `text`."""
+    deadline, seen = time.monotonic() + timeout, ""
+    while text not in seen:
+        char = process.stderr.read(1)
+        assert char and time.monotonic() < deadline, f"no {text!r} in the progress bar: {seen[-500:]!r}"
+        seen = seen[-200:] + char
+
+
 def weights(path):
     return torch.load(path, weights_only=True)["model"]
 
@@ -141,10 +147,7 @@ def test_sigterm_mid_epoch_checkpoints_exits_cleanly_and_resume_is_exact(sixteen
     run_cli(*train_args(sixteen, reference, "--epochs", "2", "--lighting", "0.1"), check=True)
     out = tmp_path / "run"
     process = start_training(sixteen, out, "--epochs", "2", "--lighting", "0.1")
-    for line in process.stdout:
-        if line.startswith("TensorBoard:"):
-            break
-    time.sleep(1.0)  # a step or two into epoch 1 (4 steps of ~0.3 s)
+    wait_for_progress(process, "| 1/4")  # the first of epoch 1's four steps is done, whatever a step takes
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]

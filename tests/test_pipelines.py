@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 
 from alexnet_dali.pipelines import evaluation_pipeline, training_pipeline
-from alexnet_dali.pipelines.common import decode_and_centre
 from conftest import smooth_image, write_image
-from pipeline_helpers import IDENTITY_PCA, crop_reference, pil_centre_256, run_batches
+from pipeline_helpers import CPU, IDENTITY_PCA, crop_reference, dali_centre_256, pil_centre_256, run_batches
 
 # shrink factors 1.46, 1.46, 1.88, 2, 3.5 (antialiased), 1.17; 0.59 (enlarged); 1 and 1 (copied)
 SIZES = [(500, 375), (375, 500), (640, 480), (512, 700), (1200, 896), (300, 300), (200, 150), (257, 256), (256, 320)]
@@ -28,14 +27,7 @@ def mixed_images(tmp_path_factory):
 
 
 def test_decode_and_centre_matches_pil(mixed_images):
-    from nvidia.dali import fn, pipeline_def
-
-    @pipeline_def(batch_size=len(mixed_images), num_threads=2, device_id=None, enable_conditionals=True)
-    def pipe():
-        encoded, _ = fn.readers.file(files=mixed_images, labels=[0] * len(mixed_images))
-        return decode_and_centre(encoded, "cpu")
-
-    (images,) = run_batches(pipe(), 1)
+    images = dali_centre_256(mixed_images)
     for path, image in zip(mixed_images, images):
         assert image.shape == (256, 256, 3), path
         reference = pil_centre_256(path)
@@ -76,7 +68,7 @@ def test_bilinear_resampling_equals_the_numpy_formula(tmp_path, branch, top, lef
     def pipe():
         encoded, _ = fn.readers.file(files=[path])
         node = lambda value: fn.constant(fdata=value, shape=[], dtype=types.FLOAT)  # noqa: E731
-        return resample(decode(encoded, "cpu"), branch, node(top), node(left), node(step), 224)
+        return resample(decode(encoded, **CPU), branch, node(top), node(left), node(step), 224)
 
     (images,) = run_batches(pipe(), 1)
     difference = np.abs(images[0] - numpy_bilinear(noise, top, left, step, 224))
@@ -87,7 +79,6 @@ def test_bilinear_resampling_equals_the_numpy_formula(tmp_path, branch, top, lef
 def test_exif_orientation_is_applied_before_the_centre_crop(tmp_path, orientation):
     """A phone photo stored sideways: the centre square, the window and the decoded region are all
     taken from the upright image."""
-    from nvidia.dali import fn, pipeline_def
     from PIL import Image
 
     path, unrotated = tmp_path / "sideways.jpg", tmp_path / "unrotated.jpg"
@@ -96,29 +87,17 @@ def test_exif_orientation_is_applied_before_the_centre_crop(tmp_path, orientatio
     Image.fromarray(smooth_image(640, 400, seed=4)).save(path, quality=95, exif=exif)
     Image.fromarray(smooth_image(640, 400, seed=4)).save(unrotated, quality=95)
 
-    @pipeline_def(batch_size=1, num_threads=1, device_id=None, enable_conditionals=True)
-    def pipe():
-        encoded, _ = fn.readers.file(files=[str(path)])
-        return decode_and_centre(encoded, "cpu")
-
-    (images,) = run_batches(pipe(), 1)
+    images = dali_centre_256([str(path)], num_threads=1)
     reference = pil_centre_256(path)
     assert np.abs(images[0] - reference).max() <= 1
     assert np.abs(images[0] - pil_centre_256(unrotated)).mean() > 10  # an ignored orientation would show
 
 
 def test_short_side_256_is_copied_exactly(tmp_path):
-    from nvidia.dali import fn, pipeline_def
-
     files = [str(write_image(tmp_path / "wide.png", 301, 256, seed=1)),
              str(write_image(tmp_path / "tall.png", 256, 290, seed=2))]
 
-    @pipeline_def(batch_size=2, num_threads=1, device_id=None, enable_conditionals=True)
-    def pipe():
-        encoded, _ = fn.readers.file(files=files, labels=[0, 0])
-        return decode_and_centre(encoded, "cpu")
-
-    (images,) = run_batches(pipe(), 1)
+    images = dali_centre_256(files, num_threads=1)
     from PIL import Image
 
     wide = np.asarray(Image.open(files[0]))
@@ -129,7 +108,7 @@ def test_short_side_256_is_copied_exactly(tmp_path):
 
 def test_training_crops_equal_numpy_crops_of_the_pil_reference(mixed_images):
     files = [f for f in mixed_images if "cmyk" not in f]
-    pipe = training_pipeline(files, list(range(len(files))), device="cpu", mean=MEAN, lighting=0.0, debug=True,
+    pipe = training_pipeline(files, list(range(len(files))), **CPU, mean=MEAN, lighting=0.0, debug=True,
                              batch_size=len(files), num_threads=2, device_id=None, seed=3, **IDENTITY_PCA)
     images, labels, xs, ys, flips, means = run_batches(pipe, 2)
     for image, label, x, y, flip in zip(images, labels, np.array(xs), np.array(ys), flips):
@@ -142,7 +121,7 @@ def test_training_crops_equal_numpy_crops_of_the_pil_reference(mixed_images):
 def test_pixels_are_centred_raw_values_not_divided(tmp_path):
     """Section 2: centred raw RGB. A constant image of value v comes out as v - 255·mean."""
     path = write_image(tmp_path / "flat.png", 256, 256, array=np.full((256, 256, 3), (200, 100, 30), np.uint8))
-    pipe = training_pipeline([str(path)], [0], device="cpu", mean=MEAN, lighting=0.0, batch_size=1,
+    pipe = training_pipeline([str(path)], [0], **CPU, mean=MEAN, lighting=0.0, batch_size=1,
                              num_threads=1, device_id=None, **IDENTITY_PCA)
     images, _ = run_batches(pipe, 1)
     expected = np.array([200, 100, 30]) - np.array(MEAN255)
@@ -153,7 +132,7 @@ def test_pixels_are_centred_raw_values_not_divided(tmp_path):
 def test_labels_travel_with_their_images(tmp_path):
     files = [str(write_image(tmp_path / f"{v}.png", 260, 256, array=np.full((256, 260, 3), v, np.uint8)))
              for v in (10, 60, 110, 160, 210)]
-    pipe = training_pipeline(files, [0, 1, 2, 3, 4], device="cpu", mean=(0, 0, 0), lighting=0.0, batch_size=5,
+    pipe = training_pipeline(files, [0, 1, 2, 3, 4], **CPU, mean=(0, 0, 0), lighting=0.0, batch_size=5,
                              num_threads=1, device_id=None, **IDENTITY_PCA)
     images, labels = run_batches(pipe, 3)
     for image, label in zip(images, labels):
@@ -162,7 +141,7 @@ def test_labels_travel_with_their_images(tmp_path):
 
 def test_evaluation_is_the_centre_crop(mixed_images):
     files = [f for f in mixed_images if "cmyk" not in f]
-    pipe = evaluation_pipeline(files, list(range(len(files))), device="cpu", mean=MEAN, batch_size=len(files),
+    pipe = evaluation_pipeline(files, list(range(len(files))), **CPU, mean=MEAN, batch_size=len(files),
                                num_threads=2, device_id=None)
     images, labels = run_batches(pipe, 1)
     for image, label in zip(images, labels):
@@ -175,7 +154,7 @@ def test_shards_are_disjoint_and_cover_the_set(tmp_path):
              for i in range(11)]
     seen = []
     for shard in range(2):
-        pipe = training_pipeline(files, list(range(11)), device="cpu", mean=(0, 0, 0), lighting=0.0, shard_id=shard,
+        pipe = training_pipeline(files, list(range(11)), **CPU, mean=(0, 0, 0), lighting=0.0, shard_id=shard,
                                  num_shards=2, batch_size=6, num_threads=1, device_id=None, seed=shard,
                                  **IDENTITY_PCA)
         _, labels = run_batches(pipe, 1)  # 6 per shard: the reader pads a 5-image shard with a repeat

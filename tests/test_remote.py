@@ -1,25 +1,34 @@
 """Data from a URL: a real http.server on 127.0.0.1 serves a tree in the original layout; the
-fetched copy indexes exactly like the local tree, is downloaded once, survives a flaky server and
-names what it could not get."""
+fetched copy indexes exactly like the local tree, is downloaded once, survives a flaky server,
+names what it could not get, never keeps a body cut short or an error page, and follows the
+server: label files every run, removed files every run, replaced files on --refresh."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import io
 import json
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from alexnet_dali.cli import build_parser, config_from_args
+from alexnet_dali.config import TrainConfig
 from alexnet_dali.data import DataError, index_dataset
+from alexnet_dali.distributed import DistInfo
+from alexnet_dali.prepare import index
 from alexnet_dali.remote import FetchPolicy, cache_folder_name, fetch_dataset, parse_index_page
-from conftest import make_original_layout, run_cli, write_image
+from conftest import make_original_layout, run_cli, smooth_image, write_image
 
 FAST = FetchPolicy(workers=4, attempts=3, timeout_s=5.0, first_wait_s=0.05)
-QUIET = lambda *a, **k: None  # noqa: E731
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +37,10 @@ def no_proxy(monkeypatch):
 
 
 class Handler(SimpleHTTPRequestHandler):
-    """http.server's own handler, quiet, recording every GET path in `requests`."""
+    """http.server's own handler (Last-Modified, and 304 to If-Modified-Since), quiet, recording
+    every GET path in `requests` and, where given an `answers` list, every (path, status)."""
+
+    answers: list | None = None
 
     def __init__(self, *args, requests: list, **kwargs):
         self.requests = requests
@@ -36,6 +48,19 @@ class Handler(SimpleHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+    def log_request(self, code="-", size="-"):
+        if self.answers is not None:
+            self.answers.append((self.path, int(code)))
+
+    def send_file(self, body: bytes, **headers) -> None:
+        """200 with these bytes and headers (Content-Type guessed from the name unless given)."""
+        headers = {"Content-Type": self.guess_type(self.path)} | {k.replace("_", "-"): v for k, v in headers.items()}
+        self.send_response(200)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
 
     def do_GET(self):
         self.requests.append(self.path)
@@ -104,6 +129,77 @@ class NoListingHandler(Handler):
         return False
 
 
+class NoLengthHandler(Handler):
+    """Files with no Content-Length, the body ended by closing the connection (as HTTP/1.0
+    allows). A path in `cut_at` gets only its first cut_at[path] bytes: a transfer cut short that
+    no header reveals."""
+
+    cut_at: dict = {}
+
+    def misbehave(self) -> bool:
+        if self.path.endswith("/"):
+            return False
+        body = Path(self.translate_path(self.path)).read_bytes()
+        self.send_file(body[: self.cut_at.get(self.path, len(body))])
+        self.close_connection = True
+        return True
+
+
+class ErrorPageHandler(Handler):
+    """200 with an HTML error page, as some proxies and CDNs answer, for the paths in `error_page_for`."""
+
+    error_page_for: set = set()
+    PAGE = b"<!DOCTYPE html>\n<html><head><title>Quota exceeded</title></head><body>Try again later.</body></html>"
+
+    def misbehave(self) -> bool:
+        if self.path in self.error_page_for:
+            self.send_file(self.PAGE, Content_Type="text/html; charset=utf-8", Content_Length=str(len(self.PAGE)))
+            return True
+        return False
+
+
+class EtagHandler(Handler):
+    """Files with a strong ETag (a hash of the bytes) and no Last-Modified; 304 to a matching
+    If-None-Match."""
+
+    def misbehave(self) -> bool:
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            return False
+        body = path.read_bytes()
+        etag = f'"{hashlib.sha1(body).hexdigest()}"'
+        if self.headers.get("If-None-Match") == etag:
+            self.send_response(304)
+            self.send_header("ETag", etag)
+            self.end_headers()
+        else:
+            self.send_file(body, Content_Length=str(len(body)), ETag=etag)
+        return True
+
+
+class NoValidatorHandler(Handler):
+    """Files with a Content-Length but neither ETag nor Last-Modified: nothing to ask "changed?" with."""
+
+    def misbehave(self) -> bool:
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            return False
+        body = path.read_bytes()
+        self.send_file(body, Content_Length=str(len(body)))
+        return True
+
+
+class SlowHandler(Handler):
+    """Waits `delay_s` before answering a file, so a refresh takes a while."""
+
+    delay_s = 0.1
+
+    def misbehave(self) -> bool:
+        if not self.path.endswith("/"):
+            time.sleep(self.delay_s)
+        return False
+
+
 @contextlib.contextmanager
 def serve(root: Path, handler=Handler, **attributes):
     """A real HTTP server on 127.0.0.1 (a free port) serving `root`; yields (base URL, requests)."""
@@ -140,7 +236,7 @@ def local_index(tree: dict) -> dict:
 
 def fetch(url: str, cache: Path, labels="labels.json", encoding="label_encoding.json", **options):
     return fetch_dataset(url, url + labels if labels else None, url + encoding if encoding else None,
-                         cache_dir=cache, log=QUIET, policy=options.pop("policy", FAST), **options)
+                         cache_dir=cache, policy=options.pop("policy", FAST), **options)
 
 
 @pytest.mark.parametrize("labels_as", ["url", "local path"])
@@ -150,7 +246,7 @@ def test_url_and_local_runs_give_the_same_files_and_labels(tree, tmp_path, label
             root, labels, encoding = fetch(url, tmp_path / "cache")
         else:
             root, labels, encoding = fetch_dataset(url, str(tree["labels"]), str(tree["label_encoding"]),
-                                                   cache_dir=tmp_path / "cache", log=QUIET, policy=FAST)
+                                                   cache_dir=tmp_path / "cache", policy=FAST)
     assert Path(root) == tmp_path / "cache" / cache_folder_name(url)
     fetched = index_dataset(root, labels, encoding)
     assert names_and_labels(fetched) == local_index(tree)
@@ -161,17 +257,20 @@ def test_url_and_local_runs_give_the_same_files_and_labels(tree, tmp_path, label
 
 
 def test_a_second_run_downloads_nothing(tree, tmp_path):
-    with serve(tree["data"]) as (url, requests):
+    answers = []
+    with serve(tree["data"], answers=answers) as (url, requests):
         first = fetch(url, tmp_path / "cache")
         assert sorted(p for p in requests if p.endswith(".jpg")) == image_paths(tree)
-        requests.clear()
+        answers.clear()
         second = fetch(url, tmp_path / "cache")
         assert second == first
-        assert [p for p in requests if not p.endswith("/")] == []  # only the two listings were read
+        # The two listings were read and the label files revalidated (304: not sent again); no image.
+        assert sorted(answer for answer in answers if not answer[0].endswith("/")) == [
+            ("/label_encoding.json", 304), ("/labels.json", 304)]
         (Path(first[0]) / "val" / "val_001.jpg").unlink()
         requests.clear()
         fetch(url, tmp_path / "cache")
-        assert [p for p in requests if not p.endswith("/")] == ["/val/val_001.jpg"]
+        assert [p for p in requests if p.endswith(".jpg")] == ["/val/val_001.jpg"]
 
 
 def test_a_flaky_server_is_survived(tree, tmp_path):
@@ -331,7 +430,7 @@ def test_cli_check_takes_a_url_and_names_bad_files_by_url(tree, tmp_path):
 def test_the_default_cache_is_under_the_user_cache_directory(tree, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     with serve(tree["data"]) as (url, _):
-        root, _, _ = fetch_dataset(url, url + "labels.json", None, log=QUIET, policy=FAST)
+        root, _, _ = fetch_dataset(url, url + "labels.json", None, policy=FAST)
     assert Path(root) == tmp_path / "xdg" / "alexnet-dali" / cache_folder_name(url)
     assert len(list(Path(root).glob("*/*.jpg"))) == 12
 
@@ -345,3 +444,226 @@ def test_the_api_takes_a_url(tree, tmp_path):
     assert model.classes == ("cat", "dog")
     assert names_and_labels({"train": model.data.train, "val": model.data.val}) == local_index(tree)
     assert all(Path(f).is_relative_to(tmp_path / "cache") for f in model.data.train.files)
+
+
+# -- A download is verified before it counts as done ----------------------------------------
+
+def encoded(width: int = 160, height: int = 120, seed: int = 0, format: str = "JPEG", **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(smooth_image(width, height, seed)).save(buffer, format, **options)
+    return buffer.getvalue()
+
+
+def add_train_file(tree: dict, name: str, data: bytes) -> None:
+    """A file in train/, labelled 'cat' in labels.json."""
+    (tree["data"] / "train" / name).write_bytes(data)
+    labels = json.loads(tree["labels"].read_text())
+    tree["labels"].write_text(json.dumps({**labels, Path(name).stem: "cat"}))
+
+
+def cut_in_scan_data():
+    data = encoded()
+    scan = data.index(b"\xff\xda")
+    return data, scan + (len(data) - scan) // 2
+
+
+def cut_after_a_thumbnail():
+    """An APP1 segment carrying a whole small JPEG, as an EXIF thumbnail does (the TIFF structure
+    around it left out), cut just after it: the bytes end with an end-of-image marker, the
+    thumbnail's."""
+    segment = b"Exif\0\0" + encoded(32, 24, seed=1)
+    data = encoded()
+    data = data[:2] + b"\xff\xe1" + (len(segment) + 2).to_bytes(2, "big") + segment + data[2:]
+    return data, 2 + 4 + len(segment)
+
+
+def cut_between_progressive_scans():
+    data = encoded(progressive=True)
+    return data, data.rindex(b"\xff\xda")  # every scan but the last arrived
+
+
+def cut_before_png_end():
+    data = encoded(format="PNG")
+    return data, len(data) - 12  # all pixel data, no IEND chunk
+
+
+def cut_bmp_in_half():
+    data = encoded(format="BMP")
+    return data, len(data) // 2
+
+
+def cut_webp_in_half():
+    data = encoded(format="WEBP")
+    return data, len(data) // 2
+
+
+MOTION_PHOTO = encoded(seed=2) + b"\0\0\0\x18ftypmp42" + bytes(range(256)) * 4  # a video after the JPEG's end
+
+
+@pytest.mark.parametrize("name, make", [
+    ("scan.jpg", cut_in_scan_data), ("thumbnail.jpg", cut_after_a_thumbnail),
+    ("progressive.jpg", cut_between_progressive_scans), ("image.png", cut_before_png_end),
+    ("image.bmp", cut_bmp_in_half), ("image.webp", cut_webp_in_half),
+], ids=["jpeg cut in scan data", "jpeg cut after its thumbnail", "progressive jpeg cut between scans",
+        "png cut before IEND", "bmp cut in half", "webp cut in half"])
+def test_a_body_cut_short_without_a_content_length_is_retried_and_never_cached(tree, tmp_path, name, make):
+    data, cut = make()
+    add_train_file(tree, name, data)
+    add_train_file(tree, "motion.jpg", MOTION_PHOTO)
+    path = f"/train/{name}"
+    cut_at = {path: cut}
+    with serve(tree["data"], NoLengthHandler, cut_at=cut_at) as (url, requests):
+        with pytest.raises(DataError) as info:
+            fetch(url, tmp_path / "cache")
+        assert requests.count(path) == FAST.attempts  # cut short every time
+        [problem] = info.value.problems
+        assert problem.path == f"{url}train/{name}"
+        assert problem.reason.startswith(f"incomplete: {cut} bytes of ")
+        assert "the server sent no Content-Length" in problem.reason
+        local = tmp_path / "cache" / cache_folder_name(url) / "train"
+        assert not (local / name).exists()
+        assert (local / "motion.jpg").read_bytes() == MOTION_PHOTO  # whole, though bytes follow its end marker
+        cut_at.clear()  # the connection holds: the whole file is kept
+        fetch(url, tmp_path / "cache")
+        assert (local / name).read_bytes() == data
+
+
+def test_an_html_error_page_answered_with_200_is_named_and_never_cached(tree, tmp_path):
+    broken = "/val/val_002.jpg"
+    error_page_for = {broken}
+    with serve(tree["data"], ErrorPageHandler, error_page_for=error_page_for) as (url, requests):
+        with pytest.raises(DataError) as info:
+            fetch(url, tmp_path / "cache")
+        assert requests.count(broken) == 1  # a final answer, like a 404: not retried
+        message = str(info.value)
+        assert f"{url}val/val_002.jpg: not an image: the server answered text/html" in message
+        assert "<!DOCTYPE html>" in message and "error page" in message
+        local = tmp_path / "cache" / cache_folder_name(url) / "val"
+        assert sorted(p.name for p in local.iterdir()) == ["val_000.jpg", "val_001.jpg", "val_003.jpg"]
+        error_page_for.clear()
+        requests.clear()
+        fetch(url, tmp_path / "cache")
+        assert [p for p in requests if p.endswith(".jpg")] == [broken]
+    assert (local / "val_002.jpg").read_bytes() == (tree["data"] / "val" / "val_002.jpg").read_bytes()
+
+
+def test_a_label_file_answered_with_an_error_page_is_named_by_its_url_and_never_cached(tree, tmp_path):
+    with serve(tree["data"], ErrorPageHandler, error_page_for={"/labels.json"}) as (url, requests):
+        with pytest.raises(DataError) as info:
+            fetch(url, tmp_path / "cache")
+    message = str(info.value)
+    assert f"{url}labels.json: labels file cannot be downloaded: not JSON: the server answered text/html" in message
+    assert not list((tmp_path / "cache").glob("*/labels-*.json"))
+    assert not [p for p in requests if p.endswith(".jpg")]
+
+
+# -- The cache follows the server ------------------------------------------------------------
+
+def later(path: Path, seconds: float = 10.0) -> None:
+    """Move a file's mtime on: Last-Modified counts whole seconds, and a test is faster than that."""
+    stamp = path.stat().st_mtime + seconds
+    os.utime(path, (stamp, stamp))
+
+
+def test_the_label_files_are_revalidated_every_run(tree, tmp_path):
+    answers = []
+    with serve(tree["data"], answers=answers) as (url, _):
+        fetch(url, tmp_path / "cache")
+        relabelled = {image: "dog" if label == "cat" else "cat" for image, label in
+                      json.loads(tree["labels"].read_text()).items()}
+        tree["labels"].write_text(json.dumps(relabelled))
+        later(tree["labels"])
+        answers.clear()
+        root, labels, encoding = fetch(url, tmp_path / "cache")
+    assert sorted(a for a in answers if a[0].endswith(".json")) == [("/label_encoding.json", 304),
+                                                                    ("/labels.json", 200)]
+    assert json.loads(Path(labels).read_text()) == relabelled
+    assert names_and_labels(index_dataset(root, labels, encoding)) == local_index(tree)
+
+
+def test_the_cache_holds_what_the_server_lists_now(tree, tmp_path):
+    with serve(tree["data"]) as (url, requests):
+        root, _, _ = fetch(url, tmp_path / "cache")
+        (tree["data"] / "val" / "val_001.jpg").unlink()
+        (tree["data"] / "train" / "train_005.jpg").unlink()
+        (Path(root) / "train" / ".train_000.jpg.999.1.part").write_bytes(b"half")  # a download killed mid-way
+        requests.clear()
+        root, labels, encoding = fetch(url, tmp_path / "cache")
+        assert not [p for p in requests if p.endswith(".jpg")]
+    assert names_and_labels(index_dataset(root, labels, encoding)) == local_index(tree)
+    for split in ("train", "val"):
+        assert sorted(os.listdir(Path(root) / split)) == sorted(os.listdir(tree["data"] / split))
+
+
+@pytest.mark.parametrize("validators", ["etag", "last-modified", "none"])
+def test_refresh_revalidates_every_cached_image_with_a_conditional_get(tree, tmp_path, validators):
+    handler = {"etag": EtagHandler, "last-modified": Handler, "none": NoValidatorHandler}[validators]
+    replaced, damaged = "/train/train_002.jpg", "/val/val_000.jpg"
+    answers = []
+    with serve(tree["data"], handler, answers=answers) as (url, requests):
+        root, _, _ = fetch(url, tmp_path / "cache")
+        write_image(tree["data"] / replaced[1:], 96, 80, seed=99)  # a new image under the same name
+        later(tree["data"] / replaced[1:])
+        cached_copy = Path(root) / damaged[1:]
+        cached_copy.write_bytes(cached_copy.read_bytes()[:100])  # damaged in the cache, unchanged on the server
+        requests.clear()
+        fetch(url, tmp_path / "cache")
+        assert not [p for p in requests if p.endswith(".jpg")]  # without --refresh no image is asked about
+        answers.clear()
+        fetch(url, tmp_path / "cache", refresh=True)
+    unchanged = 200 if validators == "none" else 304
+    expected = {path: unchanged for path in image_paths(tree)} | {replaced: 200, damaged: 200}
+    assert sorted(a for a in answers if a[0].endswith(".jpg")) == sorted(expected.items())  # each asked once
+    for path in image_paths(tree):
+        assert (Path(root) / path[1:]).read_bytes() == (tree["data"] / path[1:]).read_bytes()
+
+
+def test_processes_that_ask_for_a_refresh_together_revalidate_once(tree, tmp_path):
+    """torchrun's ranks each call fetch_dataset with --refresh: the first revalidates, the others
+    wait on the cache's lock and find it done since they asked."""
+    with serve(tree["data"], SlowHandler) as (url, requests):
+        fetch(url, tmp_path / "cache")
+        requests.clear()
+        together = threading.Barrier(2)
+
+        def rank():
+            together.wait()
+            return fetch(url, tmp_path / "cache", refresh=True)
+
+        with ThreadPoolExecutor(2) as pool:
+            results = [future.result() for future in [pool.submit(rank) for _ in range(2)]]
+        assert results[0] == results[1]
+        assert sorted(p for p in requests if p.endswith(".jpg")) == image_paths(tree)  # once each, not twice
+        requests.clear()
+        fetch(url, tmp_path / "cache", refresh=True)  # a later --refresh asks again
+        assert sorted(p for p in requests if p.endswith(".jpg")) == image_paths(tree)
+
+
+def test_refresh_is_an_option_of_train_check_and_evaluate(tree, tmp_path):
+    parser = build_parser()
+    assert config_from_args(parser.parse_args(["train", "http://x/", "--refresh"])).refresh is True
+    assert parser.parse_args(["evaluate", "m.pt", "http://x/", "--refresh"]).refresh is True
+    assert parser.parse_args(["check", "http://x/", "--refresh"]).refresh is True
+    with serve(tree["data"]) as (url, _):
+        config = TrainConfig(data=url, labels=url + "labels.json", cache_dir=str(tmp_path / "cache"))
+        _, root = index(config, DistInfo())
+        write_image(tree["data"] / "val" / "val_003.jpg", 96, 80, seed=99)
+        later(tree["data"] / "val" / "val_003.jpg")
+        index(config.replace(refresh=True), DistInfo())  # train's path to the cache
+    assert (Path(root) / "val" / "val_003.jpg").read_bytes() == (tree["data"] / "val" / "val_003.jpg").read_bytes()
+
+
+def test_cli_check_refresh_names_a_file_replaced_on_the_server(tree, tmp_path):
+    with serve(tree["data"]) as (url, _):
+        fetch(url, tmp_path / "cache", encoding=None)  # a cache of good files
+        replaced = tree["data"] / "train" / "train_001.jpg"
+        whole = replaced.read_bytes()
+        replaced.write_bytes(whole[: len(whole) // 2])  # served whole (its Content-Length holds): the scan's to name
+        later(replaced)
+        result = run_cli("check", url, "--labels", url + "labels.json", "--cache-dir", tmp_path / "cache", "--json",
+                         "--refresh")
+    assert result.returncode == 1, result.stderr
+    assert "--refresh: 1 of 12 cached files had changed" in result.stderr
+    report = json.loads(result.stdout)
+    assert [problem["path"] for problem in report["problems"]] == [url + "train/train_001.jpg"]
+    assert report["problems"][0]["reason"].startswith("truncated JPEG")

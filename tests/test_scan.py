@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from alexnet_dali.scan import MAX_SCAN_PIXELS, ScanCache, decode_check, file_key, pixel_batches, scan_images
-from conftest import make_class_folders, run_cli, smooth_image, write_image
+from conftest import cpu_placement, make_class_folders, run_cli, smooth_image, write_image
 
 HUGE_SIDE = 8000  # 64 million pixels: two fill a scan batch (MAX_SCAN_PIXELS)
 ANSI_ESCAPE = "\x1b["
@@ -52,10 +52,10 @@ def test_a_files_verdict_does_not_depend_on_its_neighbours(tmp_path):
     still = write_image(tmp_path / "still.jpg", 64, 48)
     motion = motion_photo(tmp_path / "motion.jpg", still)
     bad = truncated(tmp_path / "bad.jpg", write_image(tmp_path / "whole.jpg", 96, 80))
-    alone = decode_check([str(motion)], num_threads=1)
+    alone = decode_check([str(motion)], cpu_placement())
     assert alone == {str(motion): None}
     cache_path = tmp_path / "cache" / "scan-cache.json"
-    problems = scan_images([str(still), str(motion), str(bad)], cache_path=cache_path, num_threads=1)
+    problems = scan_images([str(still), str(motion), str(bad)], cpu_placement(), cache_path=cache_path)
     assert [(Path(p.path).name, p.reason.split(":")[0]) for p in problems] == [("bad.jpg", "truncated JPEG")]
     cached = json.loads(cache_path.read_text())
     assert cached[file_key(str(motion))] == ""  # cached as good, so --skip-bad will never exclude it
@@ -75,23 +75,24 @@ def test_scan_batches_are_bounded_by_pixels_not_count():
 
 
 PEAK_RSS_SCRIPT = textwrap.dedent("""
-    import resource, sys, torch
+    import resource, sys
     from alexnet_dali.config import TrainConfig
     from alexnet_dali.data import Split
     from alexnet_dali.distributed import DistInfo
+    from alexnet_dali.placement import place
     from alexnet_dali.prepare import training_pca
     from alexnet_dali.scan import scan_images
 
     stage, small, huge = sys.argv[1], sys.argv[2], sys.argv[3:]
+    placement = place("cpu", threads=2, hw_decoder_load=0.65)
     peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    assert not scan_images([small], num_threads=2)  # DALI loaded and warm
+    assert not scan_images([small], placement)  # DALI loaded and warm
     before = peak()
     if stage == "scan":
-        assert not scan_images(huge, num_threads=2)
+        assert not scan_images(huge, placement)
     else:  # the PCA pass of train, as prepare runs it
         split = Split("train", tuple(huge), (0,) * len(huge), ("a",))
-        training_pca(split, TrainConfig(data="unused", pca_images=0), DistInfo(0, 0, 1, 1, torch.device("cpu")),
-                     None, lambda *a: None)
+        training_pca(split, TrainConfig(data="unused", pca_images=0), DistInfo(), placement, None)
     print(peak() - before)
 """)
 
@@ -143,17 +144,21 @@ def test_broken_links_and_stray_files_are_named_and_skip_bad_passes_them(tmp_pat
     assert checked.returncode == 1
     reasons = {p["path"]: p["reason"] for p in json.loads(checked.stdout)["problems"]}
     assert set(reasons) == {str(link), str(stray)}
-    assert "broken symbolic link" in reasons[str(link)] and "not an image" in reasons[str(stray)]
+    assert "broken symbolic link" in reasons[str(link)] and "gone.jpg" in reasons[str(link)]
+    assert "not an image" in reasons[str(stray)]
 
     refused = run_cli(*train_args(data, tmp_path / "refused"))
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert f"{link}: broken symbolic link" in refused.stderr and str(stray) in refused.stderr
+    assert str(stray) in refused.stderr and "--skip-bad" in refused.stderr
+    stray.unlink()
+    refused = run_cli(*train_args(data, tmp_path / "refused2"))
+    assert refused.returncode == 2 and f"{link}: broken symbolic link" in refused.stderr
     assert "gone.jpg: " not in refused.stderr  # the link, not its target, is the file named
-    assert "--skip-bad" in refused.stderr
+    stray.write_text("{}")
 
     out = tmp_path / "skipped"
     trained = run_cli(*train_args(data, out, "--skip-bad"), check=True)
-    assert "left out 2 file(s) that are not images or are broken links" in trained.stdout
+    assert "left out 1 undecodable image(s) and 1 file(s) that are not images" in trained.stdout
     assert "training on 8 images" in trained.stdout
     excluded = json.loads((out / "excluded.json").read_text())
     assert set(excluded) == {str(link), str(stray)}
@@ -163,13 +168,16 @@ def test_broken_links_and_stray_files_are_named_and_skip_bad_passes_them(tmp_pat
 
 PREDICT_BAD_FILE = textwrap.dedent("""
     import sys
-    from alexnet_dali.data import DataError
+    from alexnet_dali.errors import DataError
     from alexnet_dali.model import AlexNetModule
     from alexnet_dali.pca import PCA
+    from alexnet_dali.placement import place
     from alexnet_dali.predict import Predictor
+    from alexnet_dali.state import ModelBundle
 
     pca = PCA((0.5, 0.5, 0.5), (0.1, 0.01, 0.001), ((1, 0, 0), (0, 1, 0), (0, 0, 1)), 1)
-    predictor = Predictor(AlexNetModule(2), pca, ("a", "b"), device="cpu", batch_size=2, num_threads=1)
+    bundle = ModelBundle(AlexNetModule(2), pca, ("a", "b"))
+    predictor = Predictor(bundle, place("cpu", threads=1, hw_decoder_load=0.65), batch_size=2)
     try:
         predictor.predict_files(sys.argv[1:])
     except DataError as e:

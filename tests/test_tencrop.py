@@ -13,8 +13,10 @@ from alexnet_dali.data import DataError, index_dataset
 from alexnet_dali.model import AlexNetModule
 from alexnet_dali.pca import PCA
 from alexnet_dali.pipelines import TENCROP_ORDER
-from alexnet_dali.predict import Predictor, evaluate_split
-from conftest import make_class_folders, run_cli, smooth_image, write_image
+from alexnet_dali.evaluate import evaluate_split
+from alexnet_dali.predict import Predictor
+from alexnet_dali.state import ModelBundle
+from conftest import cpu_placement, make_class_folders, run_cli, smooth_image, write_image
 from pipeline_helpers import pil_centre_256
 
 PCA_FOR_TESTS = PCA(mean=(0.48, 0.46, 0.41), eigval=(0.1, 0.01, 0.001),
@@ -74,7 +76,11 @@ def images(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor():
-    return Predictor(sensitive_net(), PCA_FOR_TESTS, [f"c{i}" for i in range(5)], device="cpu", batch_size=4)
+    return Predictor(bundle(sensitive_net(), [f"c{i}" for i in range(5)]), cpu_placement(), batch_size=4)
+
+
+def bundle(net, classes) -> ModelBundle:
+    return ModelBundle(net, PCA_FOR_TESTS, tuple(classes))
 
 
 def test_ten_crops_are_exact_numpy_slices_when_no_resampling_is_needed(images, predictor):
@@ -181,7 +187,8 @@ def test_evaluate_agrees_with_a_reference_computation(tmp_path):
     split = index_dataset(labelled_set(tmp_path / "data"))["val"]
     net = sensitive_net(seed=1)
     for ten_crop in (False, True):
-        result = evaluate_split(net, PCA_FOR_TESTS, split, ten_crop=ten_crop, device="cpu", batch_size=4)
+        result = evaluate_split(bundle(net, split.classes), split, cpu_placement(), ten_crop=ten_crop, batch_size=4,
+                                precision=None)
         top1 = top5 = loss = 0.0
         for path, label in zip(split.files, split.labels):
             crops = reference_crops(pil_centre_256(path))
@@ -211,7 +218,7 @@ def test_cli_predict_and_evaluate(tmp_path, images):
     rows = json.loads(result.stdout)
     expected_paths = sorted(str(p) for p in folder.iterdir()) + [str(images["big"])]
     assert [r["image"] for r in rows] == expected_paths
-    reference = Predictor(net, PCA_FOR_TESTS, classes, device="cpu").predict_files(expected_paths)
+    reference = Predictor(bundle(net, classes), cpu_placement(), batch_size=32).predict_files(expected_paths)
     for row, probs in zip(rows, reference):
         assert [e["label"] for e in row["top"]] == [classes[i] for i in np.argsort(-probs)[:2]]
         assert row["top"][0]["probability"] == pytest.approx(probs.max(), rel=1e-5)
@@ -219,7 +226,7 @@ def test_cli_predict_and_evaluate(tmp_path, images):
     assert str(images["big"]) in text and "%" in text
     evaluated = run_cli("evaluate", model_path, data, "--ten-crop", "--json", "--device", "cpu", check=True)
     split = index_dataset(data)["val"]
-    direct = evaluate_split(net, PCA_FOR_TESTS, split, ten_crop=True, device="cpu")
+    direct = evaluate_split(bundle(net, classes), split, cpu_placement(), ten_crop=True, batch_size=32, precision=None)
     assert json.loads(evaluated.stdout)["top1"] == pytest.approx(direct["top1"])
     text = run_cli("evaluate", model_path, data, "--device", "cpu", check=True).stdout
     assert "top-1 accuracy" in text and "error" in text and "centre crop" in text

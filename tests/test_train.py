@@ -2,36 +2,31 @@
 real DALI CPU pipeline."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from alexnet_dali.config import ConfigError, TrainConfig
+from alexnet_dali.metrics import HISTORY_KEYS
 from alexnet_dali.model import AlexNetModule
-from alexnet_dali.train import HISTORY_KEYS, train
-from conftest import make_original_layout, run_cli
-
-
-def tiny_config(layout, out, **changes) -> TrainConfig:
-    values = dict(data=str(layout["data"]), labels=str(layout["labels"]), label_encoding=str(layout["label_encoding"]),
-                  out=str(out), epochs=2, batch_size=4, lr=3e-5, device="cpu", dali_threads=1)
-    return TrainConfig(**{**values, **changes})
+from alexnet_dali.train import train
+from conftest import cpu_placement, make_original_layout, run_cli, tiny_config
 
 
 def untrained_val_loss(config: TrainConfig) -> float:
     """Validation loss of the network `train` starts from (same seed, same init)."""
     from alexnet_dali.distributed import DistInfo
-    from alexnet_dali.loader import LoaderSettings, evaluation_loader
+    from alexnet_dali.evaluate import evaluate
+    from alexnet_dali.loader import evaluation_loader
     from alexnet_dali.prepare import prepare_data
-    from alexnet_dali.train import evaluate
 
-    cpu = DistInfo(0, 0, 1, 1, torch.device("cpu"))
-    data = prepare_data(config, cpu, log=lambda *a: None)
+    data = prepare_data(config, DistInfo(), cpu_placement())
     torch.manual_seed(config.seed)
     net = AlexNetModule(len(data.train.classes))
-    loader = evaluation_loader(data.val, data.pca, LoaderSettings(config.batch_size, 1, 2, config.seed, 0.0), cpu)
-    return evaluate(net, loader, cpu)[0]
+    loader = evaluation_loader(data.val, data.pca, cpu_placement(), DistInfo(), batch_size=config.batch_size, prefetch=2)
+    return evaluate(net, loader, "fp32").rates()[0]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +35,7 @@ def two_epoch_run(tmp_path_factory):
     layout = make_original_layout(root / "data")
     config = tiny_config(layout, root / "run")
     before = untrained_val_loss(config)
-    return config, train(config, log=lambda *a: None), before
+    return config, train(config), before
 
 
 def test_two_epochs_lower_the_loss_and_write_the_run_directory(two_epoch_run):
@@ -48,14 +43,14 @@ def test_two_epochs_lower_the_loss_and_write_the_run_directory(two_epoch_run):
     the training loss of the first steps is dominated by dropout noise on the paper's init."""
     config, result, before = two_epoch_run
     history = result.history
-    assert set(history) == set(HISTORY_KEYS)
+    assert set(history) == set(HISTORY_KEYS) and result.epoch == 2
     assert all(len(history[k]) == 2 for k in HISTORY_KEYS)
     assert history["val_loss"][1] < history["val_loss"][0] < before
     assert history["lr"] == [3e-5, 3e-5]
     assert all(0 <= v <= 1 for k in ("accuracy", "top5", "val_accuracy", "val_top5") for v in history[k])
     assert history["val_top5"] == [1.0, 1.0]  # two classes: the true one is always in the top 5
     assert all(v > 0 for v in history["images_per_sec"])
-    out = result.checkpoint.parent
+    out = Path(config.out)
     assert json.loads((out / "history.json").read_text()) == history
     saved_config = json.loads((out / "config.json").read_text())
     assert saved_config["batch_size"] == 4 and saved_config["global_batch"] == 4 and "commit" in saved_config
@@ -64,7 +59,7 @@ def test_two_epochs_lower_the_loss_and_write_the_run_directory(two_epoch_run):
 
 def test_checkpoint_reloads_with_weights_only(two_epoch_run):
     config, result, _ = two_epoch_run
-    state = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
+    state = torch.load(Path(config.out) / "last.pt", map_location="cpu", weights_only=True)
     assert state["epoch"] == 2
     assert {"model", "optimizer", "scheduler", "history", "pca", "classes", "config", "ranks"} <= set(state)
     assert state["classes"] == ["cat", "dog"]
@@ -72,16 +67,16 @@ def test_checkpoint_reloads_with_weights_only(two_epoch_run):
     net = AlexNetModule(2)
     net.load_state_dict(state["model"])
     net.eval()
-    result.net.eval()
+    result.bundle.net.eval()
     x = torch.randn(2, 3, 224, 224) * 50
-    torch.testing.assert_close(net(x), result.net(x))
+    torch.testing.assert_close(net(x), result.bundle.net(x))
 
 
 def test_tensorboard_scalars_are_written(two_epoch_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     config, result, _ = two_epoch_run
-    events = EventAccumulator(str(result.checkpoint.parent / "tensorboard"))
+    events = EventAccumulator(str(Path(config.out) / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/top1", "val/loss", "val/top1", "val/top5", "lr", "images_per_sec"} <= tags
@@ -90,8 +85,13 @@ def test_tensorboard_scalars_are_written(two_epoch_run):
 
 
 def test_training_needs_the_same_classes_as_the_network(tmp_path, original_layout):
-    with pytest.raises(ConfigError, match="3 outputs but the data has 2 classes"):
-        train(tiny_config(original_layout, tmp_path / "run", epochs=1), net=AlexNetModule(3), log=lambda *a: None)
+    from alexnet_dali.checkpoint import CheckpointError
+    from alexnet_dali.pca import PCA
+    from alexnet_dali.state import ModelBundle, TrainState
+
+    three = ModelBundle(AlexNetModule(3), PCA((0.5,) * 3, (0.0,) * 3, ((1.0, 0.0, 0.0),) * 3), ("a", "b", "c"))
+    with pytest.raises(CheckpointError, match=r"classes \(index order\): \['a', 'b', 'c'\] -> \['cat', 'dog'\]"):
+        train(tiny_config(original_layout, tmp_path / "run", epochs=1), TrainState(three, {}))
 
 
 def test_api_fit_returns_the_history_and_continues(tmp_path, original_layout):
@@ -110,15 +110,25 @@ def test_api_fit_returns_the_history_and_continues(tmp_path, original_layout):
 
 
 def test_bf16_precision_computes_in_bf16_and_keeps_fp32_weights(tmp_path, original_layout):
-    """The same run (seed, crops, dropout masks) in both precisions: bf16 rounding moves the
-    losses a little, and never to exactly the fp32 values; the weights stay fp32."""
-    quiet = lambda *a: None  # noqa: E731
-    fp32 = train(tiny_config(original_layout, tmp_path / "fp32", epochs=1), log=quiet)
-    bf16 = train(tiny_config(original_layout, tmp_path / "bf16", epochs=1, precision="bf16"), log=quiet)
+    """The same run (seed, crops, dropout masks) in both precisions: the network's layers compute
+    in bf16 (their outputs' dtype, seen by a hook); bf16 rounding moves the losses a little, and
+    never to exactly the fp32 values; the weights stay fp32."""
+    fp32 = train(tiny_config(original_layout, tmp_path / "fp32", epochs=1))
+    dtypes = {"train": set(), "eval": set()}
+    config = tiny_config(original_layout, tmp_path / "bf16", epochs=1, precision="bf16")
+    from alexnet_dali.prepare import prepare_data
+    from alexnet_dali.distributed import DistInfo
+    from alexnet_dali.train import new_state
+
+    state = new_state(config, prepare_data(config, DistInfo(), cpu_placement(threads=1)))
+    state.bundle.net.features.conv1.register_forward_hook(
+        lambda module, inputs, output: dtypes["train" if module.training else "eval"].add(output.dtype))
+    bf16 = train(config, state)
+    assert dtypes == {"train": {torch.bfloat16}, "eval": {torch.bfloat16}}  # training steps and validation
     for key in ("loss", "val_loss"):
         assert bf16.history[key][0] != fp32.history[key][0]
         assert bf16.history[key][0] == pytest.approx(fp32.history[key][0], rel=0.05)
-    weights = torch.load(bf16.checkpoint, weights_only=True)["model"]
+    weights = torch.load(tmp_path / "bf16" / "last.pt", weights_only=True)["model"]
     assert {tensor.dtype for tensor in weights.values()} == {torch.float32}
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from alexnet_dali.train import train
 from alexnet_dali.visualize import PADDING, sample_grid, tile, to_images
 from conftest import write_image
-from test_train import tiny_config
+from conftest import tiny_config
 
 CROP = 224
 
@@ -70,7 +70,7 @@ def grid_event(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("grid")
     config = tiny_config(make_two_colour_data(root / "data"), root / "run", epochs=1, lighting=0.1)
-    train(config, log=lambda *a: None)
+    train(config)
     events = EventAccumulator(str(root / "run" / "tensorboard"), size_guidance={IMAGES: 0})
     events.Reload()
     return events.Images("train/samples")
