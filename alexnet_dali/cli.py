@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(demo, ["device"])
 
     train = verbs.add_parser("train", help="train on DATA (one process, or one per GPU under torchrun)")
-    train.add_argument("data", help="data root or http(s) URL: DATA/train and DATA/val")
+    train.add_argument("data", help="data root, http(s) URL or s3://bucket/prefix: DATA/train and DATA/val")
     add_config_options(train, [name for name in FIELDS if name != "data"])
 
     # Prediction: the model's own precision unless told; images per batch, not a global batch.
@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = verbs.add_parser("evaluate", help="top-1 / top-5 accuracy and error of a model on a split")
     evaluate.add_argument("model", help="a checkpoint (last.pt, best.pt) or a file from AlexNet.save")
-    evaluate.add_argument("data", help="data root or http(s) URL (the split is downloaded into the cache)")
+    evaluate.add_argument("data", help="data root, http(s) URL (the split is downloaded into the cache) or "
+                                       "s3://bucket/prefix (read from the bucket)")
     evaluate.add_argument("--split", default="val", help="split to evaluate (default: val)")
     evaluate.add_argument("--ten-crop", action="store_true", help="average ten views per image (the paper's test)")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -92,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default: 32)")
 
     check = verbs.add_parser("check", help="does every image decode, is every image labelled?")
-    check.add_argument("data", help="data root or http(s) URL (the splits are downloaded into the cache)")
+    check.add_argument("data", help="data root, http(s) URL (the splits are downloaded into the cache) or "
+                                    "s3://bucket/prefix (read from the bucket)")
     check.add_argument("--split", action="append", default=None,
                        help="split to check (repeatable; default: every split folder present)")
     check.add_argument("--json", action="store_true", help="print JSON instead of text")

@@ -29,6 +29,7 @@ from .imagenet import IMAGENET_TREE, SYNSET_MAPPING, parse_solution_csv, parse_s
 from .labels import (classes_from_encoding, encoding_from_labels, image_id, parse_label_encoding,
                      parse_labels)
 from .log import logger
+from .s3 import is_s3_url
 from .tree import LocalTree, join
 
 IMAGE_EXTENSIONS = frozenset(
@@ -70,13 +71,23 @@ def is_metadata_name(name: str) -> bool:
     return name == MANIFEST or re.fullmatch(r"LOC_\w+\.(csv|txt)", name) is not None
 
 
-def open_tree(data) -> LocalTree:
-    """The tree a data location names."""
-    return data if hasattr(data, "entries") else LocalTree(data)
+def open_tree(data):
+    """The tree a data location names: a bucket's prefix (s3://, listed once) or a local folder."""
+    if hasattr(data, "entries"):
+        return data
+    if is_s3_url(data):
+        from .s3 import S3Tree
+
+        return S3Tree(data)
+    return LocalTree(data)
 
 
 def read_text(location, what: str) -> tuple[str, str]:
-    """(text, the name to show) of a label file."""
+    """(text, the name to show) of a label file, on this machine or in a bucket."""
+    if is_s3_url(location):
+        from .s3 import read_text as read_object_text
+
+        return read_object_text(location, what), location
     path = os.fspath(location)
     return _read_local(path, what), path
 

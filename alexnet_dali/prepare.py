@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import distributed
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import SkippableProblem, Split, index_splits
 from .distributed import DistInfo
 from .errors import DataError, Problem
@@ -19,6 +19,7 @@ from .jsonio import write_json
 from .log import logger
 from .pca import PCA, compute_pca, load_pca, pca_cache_name, sample_files, save_pca
 from .placement import Placement
+from .s3 import is_s3_url
 from .scan import (CACHE_NAME, ScanCache, ScanInterrupted, data_cache_dir, decode_check, pixel_bounded_batch,
                    save_scanned)
 
@@ -35,7 +36,13 @@ class PreparedData:
 
 def cache_dirs(config: TrainConfig, data_root: str) -> list[Path]:
     """Caches (PCA, scan results) live next to the data so runs share them, or in the run
-    directory where the data folder is read-only."""
+    directory where the data folder is read-only. Never in a bucket: s3:// data keeps them in
+    --cache-dir (one folder per data set) or the run directory."""
+    if is_s3_url(data_root):
+        from .remote import cache_folder_name
+
+        shared = [Path(config.cache_dir).expanduser() / cache_folder_name(data_root)] if config.cache_dir else []
+        return shared + [Path(config.out) / "cache"]
     return [data_cache_dir(data_root), Path(config.out) / "cache"]
 
 
@@ -62,14 +69,14 @@ def index(config: TrainConfig, dist_info: DistInfo) -> tuple[dict[str, Split], s
     root, labels, encoding = local_copy(config.data, config.labels, config.label_encoding, cache_dir=config.cache_dir,
                                         splits=splits, refresh=config.refresh)
     indexed, problems = distributed.on_main(dist_info, lambda: index_splits(root, labels, encoding, splits=splits))
-    skipped = {p.path: p.reason for p in problems if config.skip_bad and isinstance(p, SkippableProblem)}
-    problems = [p for p in problems if p.path not in skipped]
+    passed = [p for p in problems if config.skip_bad and isinstance(p, SkippableProblem)]
+    problems = [p for p in problems if p not in passed]
     if problems:
         raise DataError(problems, "problems in the data set")
     for name in splits:
         if name not in indexed:  # every file of the split was left out
             raise DataError(f"split {name!r} holds no image files: all its files are left out by --skip-bad")
-    return indexed, root, skipped
+    return indexed, root, {p.path: p.reason for p in passed}
 
 
 def scan_splits(splits: list[Split], dist_info: DistInfo, placement: Placement, cache_dir: Path | None) -> dict[str, str]:
@@ -97,6 +104,10 @@ def scan_splits(splits: list[Split], dist_info: DistInfo, placement: Placement, 
 
 
 def prepare_data(config: TrainConfig, dist_info: DistInfo, placement: Placement) -> PreparedData:
+    for option, value in (("--out", config.out), ("--cache-dir", config.cache_dir)):
+        if is_s3_url(value):  # Path() would quietly make a local folder named "s3:"
+            raise ConfigError(f"{option} {value} is in a bucket: checkpoints, logs and caches need a local or shared "
+                              "file system path (the data may stay in the bucket)")
     splits, root, not_images = index(config, dist_info)
     train, val = splits["train"], splits[config.val_split]
     cache_dir = distributed.broadcast_object(writable_cache(cache_dirs(config, root)) if dist_info.is_main else None)

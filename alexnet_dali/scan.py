@@ -70,7 +70,7 @@ def image_format(head: bytes) -> str | None:
 def diagnose(path: str) -> str | None:
     """Why this file cannot be decoded, or None if it looks fine."""
     try:
-        data = Path(path).read_bytes()
+        data = read_bytes(path)
     except FileNotFoundError:
         if os.path.islink(path):  # named as the data set holds it, the link, with where it points
             return f"broken symbolic link: its target {os.readlink(path)} does not exist"
@@ -265,8 +265,22 @@ class DaliDecodeCheck:
             return False
 
 
+def read_bytes(path: str) -> bytes:
+    """A file's bytes; an s3:// object's through boto3 (s3.py)."""
+    if path.startswith("s3://"):
+        from .s3 import read_image
+
+        return read_image(path)
+    return Path(path).read_bytes()
+
+
 def file_key(path: str) -> str | None:
-    """Identity of a file's current content for the cache: path, size, modification time."""
+    """Identity of a file's current content for the cache: path, size, modification time (an
+    s3:// object's: URL, ETag, size, from the listing)."""
+    if path.startswith("s3://"):
+        from .s3 import object_key
+
+        return object_key(path)
     try:
         stat = os.stat(path)
     except OSError:
@@ -388,6 +402,6 @@ def scan_images(files: Sequence[str], placement, *, cache_path: Path | None = No
 
 def _read(path: str) -> bytes:
     try:
-        return Path(path).read_bytes()
+        return read_bytes(path)
     except OSError:
         return b""

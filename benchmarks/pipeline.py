@@ -11,12 +11,14 @@
   *-decode            decode only, to see how close each is to its decoder's own limit
   *-no-lighting       the training pipeline with the PCA lighting off (what lighting costs)
   *-pca-stats         the statistics pass that computes the PCA (decode, centre 256, exact sums)
+  dali-cpu-s3         with --s3: dali-cpu reading the same files as s3:// objects from a local S3
+                      server (moto, on loopback, sharing the cores): what streaming costs
 
 Every row reads the same files. The CPU rows use all the cores (DALI threads = DataLoader
 workers = cores), the GPU's DALI rows the trainer's thread cap, unless --threads says otherwise.
 
     python benchmarks/pipeline.py [--device cpu|gpu|all] [--data DIR] [--images N] [--batch-size B] [--json PATH]
-                                  [--hw-decoder-load 0,0.5,0.65,0.8,1] [--threads 4,8,16]
+                                  [--hw-decoder-load 0,0.5,0.65,0.8,1] [--threads 4,8,16] [--s3]
 
 Several --hw-decoder-load or --threads values sweep the dali rows and their -decode rows (one row
 per combination, named e.g. dali-gpu[hw=0.8,threads=8]): the sweep that picks the trainer's
@@ -165,6 +167,53 @@ def shares(text: str) -> list[float]:
     return loads
 
 
+# -- s3:// -----------------------------------------------------------------------------------------
+
+def s3_row(files, batch_size: int, threads: int, trials: int) -> dict:
+    """dali-cpu-s3: the dali-cpu training pipeline reading the files as s3:// objects, which DALI's
+    reader fetches itself (a HEAD and a GET per object), from moto's S3 server on loopback. The
+    server is a Python process on the same cores: a floor for what a real store costs, not a
+    measure of one. Needs boto3 and moto[server] (the test extra)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        # DALI's S3 client reads these once per process, at its first s3:// file
+        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_REGION="us-east-1",
+                          AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_EC2_METADATA_DISABLED="true")
+        from alexnet_dali.s3 import client
+
+        store = client()
+        store.create_bucket(Bucket="bench")
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda f: store.put_object(Bucket="bench", Key=f"train/{Path(f).name}",
+                                                     Body=Path(f).read_bytes()), files))
+        urls = [f"s3://bench/train/{Path(f).name}" for f in files]
+        loader, threads = training_loader(urls, "cpu", batch_size, threads=threads)
+        result = timed(lambda: drain(loader, "cpu"), len(urls), trials, warmup=lambda: drain(loader, "cpu"))
+        return {"name": "dali-cpu-s3", "base": "dali-cpu-s3", "device": "cpu", "kind": "training pipeline, s3://",
+                "threads": threads, "hw_decoder_load": None, "images": len(urls), "batch_size": batch_size, **result}
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def counts(text: str) -> list[int]:
     try:
         values = [int(value) for value in text.split(",")]
@@ -182,6 +231,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=counts, default=None,
                         help="DALI threads, comma-separated (default: every core on the CPU, "
                              "the trainer's cap of min(cores, 8) on a GPU)")
+    parser.add_argument("--s3", action="store_true",
+                        help="add dali-cpu-s3: the CPU training pipeline reading from a local S3 server (needs moto[server])")
     args = parse(parser, argv)
     files = data_files(args)
     rows = []
@@ -225,6 +276,9 @@ def main(argv=None):
         rows.append({"name": f"dali-{device}-pca-stats", "base": f"dali-{device}-pca-stats", "device": device,
                      "kind": "statistics pass", "threads": first_threads, "hw_decoder_load": first_load, **size,
                      **timed(run, images, args.trials, warmup=run)})
+    if args.s3 and "cpu" in devices(args):
+        images, batch_size = sizes(args, "cpu")
+        rows.append(s3_row(files[:images], batch_size, (args.threads or [pipeline_threads("cpu")])[0], args.trials))
     return report("training input pipeline", rows, args, ratio_notes(rows))
 
 
@@ -264,6 +318,8 @@ def ratio_notes(rows: list[dict]) -> list[str]:
                              f"(the same files, DALI threads: {row['threads']})")
             if (torchvision := find(f"torchvision-{device}")) is not None:
                 notes.append(f"{name} / {torchvision['name']} = {ratio(row, torchvision):.2f}x")
+            if (s3 := find("dali-cpu-s3", like=row)) is not None and device == "cpu":
+                notes.append(f"dali-cpu-s3 / {name} = {ratio(s3, row):.2f} (the S3 server shares the same cores)")
             if (lighting_off := find(f"dali-{device}-no-lighting", like=row)) is not None:
                 notes.append(f"{name}: lighting on / off = {ratio(row, lighting_off):.3f}")
         if base in (f"dali-{device}", "pil-dataloader", "torchvision-gpu"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import zlib
@@ -16,6 +17,7 @@ from PIL import Image
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
 
@@ -136,3 +138,50 @@ def run_cli(*args, cwd=None, env=None, timeout=600, check=False) -> subprocess.C
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
     return result
+
+
+def torchrun(*args, nproc=2, env=None, max_restarts=0, timeout=300, popen=False):
+    """`torchrun --standalone` of a script or module with `nproc` CPU processes (gloo); the tests'
+    folder is on PYTHONPATH for the drivers in it."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               f"--max-restarts={max_restarts}", *map(str, args)]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE), **(env or {})}
+    if popen:
+        return subprocess.Popen(command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+# -- ImageNet as distributed ------------------------------------------------------------------
+
+SYNSET_NAMES = {
+    "n01440764": "tench, Tinca tinca",
+    "n01443537": "goldfish, Carassius auratus",
+    "n01484850": "great white shark, white shark, man-eater, man-eating shark, Carcharodon carcharias",
+}
+UNUSED_SYNSET = ("n01491361", "tiger shark, Galeocerdo cuvieri")  # in the mapping, not in this train set
+
+
+def make_imagenet(root: Path, *, tree: tuple[str, ...] = (), csv_in_val: bool = False, mapping: bool = True,
+                  train_per_class: int = 2, val_images: int = 7) -> dict:
+    """A look-alike of the ILSVRC-2012 download: IMAGES/train/<synset>/<synset>_<n>.JPEG,
+    IMAGES/val/ILSVRC2012_val_<n>.JPEG, LOC_val_solution.csv (rows in no order, several boxes per
+    row) and LOC_synset_mapping.txt. IMAGES is root/<tree>. Returns the ground truth it wrote."""
+    images = root.joinpath(*tree)
+    synsets = sorted(SYNSET_NAMES)
+    for c, synset in enumerate(synsets):
+        for i in range(train_per_class):
+            write_image(images / "train" / synset / f"{synset}_{i + 1}.JPEG", 40, 32, seed=10 * c + i)
+    rng = random.Random(0)
+    truth = {}
+    for n in range(1, val_images + 1):
+        image_id = f"ILSVRC2012_val_{n:08d}"
+        truth[image_id] = rng.choice(synsets)
+        write_image(images / "val" / f"{image_id}.JPEG", 40, 32, seed=100 + n)
+    rows = [f"{image_id},{synset} 10 12 30 28 {synset} 1 2 20 22 " for image_id, synset in truth.items()]
+    rng.shuffle(rows)
+    csv_path = (images / "val" if csv_in_val else root) / "LOC_val_solution.csv"
+    csv_path.write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
+    if mapping:
+        lines = [f"{s} {name}" for s, name in sorted({**SYNSET_NAMES, UNUSED_SYNSET[0]: UNUSED_SYNSET[1]}.items())]
+        (root / "LOC_synset_mapping.txt").write_text("\n".join(lines) + "\n")
+    return {"root": root, "images": images, "csv": csv_path, "truth": truth}

@@ -3,8 +3,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,18 +17,9 @@ from alexnet_dali.loader import training_loader
 from alexnet_dali.model import AlexNetModule
 from alexnet_dali.prepare import prepare_data
 from alexnet_dali.train import batch_plan
-from conftest import cpu_placement, make_original_layout, tiny_config
+from conftest import cpu_placement, make_original_layout, tiny_config, torchrun
 
 HERE = Path(__file__).resolve().parent
-
-
-def torchrun(*args, nproc=2, env=None, max_restarts=0, timeout=300, popen=False):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               f"--max-restarts={max_restarts}", *map(str, args)]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE), **(env or {})}
-    if popen:
-        return subprocess.Popen(command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
 def cpu_rank(rank: int, world: int) -> DistInfo:
