@@ -199,7 +199,11 @@ def run_evaluate(args) -> int:
     setup_logging(0, "stderr")
     placement = placement_from_args(args)
     bundle = load_state(args.model).bundle
-    split = index_dataset(*local_data(args, [args.split]), splits=(args.split,))[args.split]
+    root, labels, encoding = local_data(args, [args.split])
+    split = index_dataset(root, labels, encoding, splits=(args.split,))[args.split]
+    bad = scan_split(split, root, placement)
+    if bad:  # a bad file would stop DALI mid-pass: name them all first, as train does
+        raise DataError(bad, f"{len(bad)} image(s) in {args.split!r} cannot be decoded")
     if split.classes != bundle.classes:
         raise DataError(f"the classes of {args.data} ({len(split.classes)}) differ from the model's "
                         f"({len(bundle.classes)}); pass the label encoding the model was trained with")
@@ -213,6 +217,16 @@ def run_evaluate(args) -> int:
         print(f"  top-1 accuracy {result['top1']:.2%}  (error {result['top1_error']:.2%})")
         print(f"  top-5 accuracy {result['top5']:.2%}  (error {result['top5_error']:.2%})")
     return 0
+
+
+def scan_split(split, root: str, placement) -> list:
+    """The split's undecodable images, with the scan cache train and check use for local data."""
+    from .data import open_tree
+    from .scan import CACHE_NAME, data_cache_dir, scan_images
+    from .tree import LocalTree
+
+    local = isinstance(open_tree(root), LocalTree)
+    return scan_images(list(split.files), placement, cache_path=data_cache_dir(root) / CACHE_NAME if local else None)
 
 
 def run_check(args) -> int:
