@@ -84,6 +84,13 @@ class StepControl:
         if self.signum and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
         self.signum = signum  # acted on after the current step
+        if self.dist.is_main:  # straight to the file: the handler may have interrupted a write to sys.stderr
+            again = "; Ctrl-C again stops at once, without it" if signum == signal.SIGINT else ""
+            try:
+                os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step, with a checkpoint{again}\n"
+                         .encode())
+            except OSError:
+                pass
 
     def poll(self, step: int, epoch_steps: int) -> tuple[bool, int]:
         due = self.interval > 0 and time.monotonic() - self.last_checkpoint >= self.interval
