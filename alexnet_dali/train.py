@@ -231,7 +231,8 @@ def resumed_config(state: TrainState, config: TrainConfig, given: set[str], worl
     for name in sorted(given & saved.keys()):
         if name in RESUME_INVOCATION or saved[name] == values[name]:
             continue
-        change = f"--{name.replace('_', '-')}: {saved[name]} -> {values[name]}"
+        option = "DATA" if name == "data" else f"--{name.replace('_', '-')}"
+        change = f"{option}: {saved[name]} -> {values[name]}"
         (changed if name in RESUME_CHANGES else refused).append(change)
     global_batch = batch_plan(resumed, world_size)[1]
     if state.global_batch is not None and state.global_batch != global_batch:
