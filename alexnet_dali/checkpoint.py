@@ -68,9 +68,10 @@ def write_failure(error: BaseException, path: Path) -> BaseException:
         return cause
     if isinstance(cause, OSError):
         unchanged = f"{path} is unchanged" if path.exists() else f"no {path.name} was written"
+        again = (" (or pass another --out) and run again with --resume" if path.name in (LAST, PREVIOUS, BEST)
+                 else " and try again")
         return CheckpointError(f"cannot write {path}: {cause.strerror or cause} (errno {cause.errno}); the partial "
-                               f"file was removed and {unchanged}. Free space on that disk (or pass another --out)"
-                               " and run again with --resume")
+                               f"file was removed and {unchanged}. Free space on that disk{again}")
     return error
 
 
