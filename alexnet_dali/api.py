@@ -8,6 +8,8 @@
 
 The model's state (weights, optimiser, schedule, history) lives in memory: `fit` continues it,
 whatever was done to `model.net` in between, and never reads it back from a run directory.
+The run directory (out_dir) is checked before any work and locked at the first `fit`, for the
+object's life: between two fits no other run (object or process) can write into it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .config import TrainConfig
 from .log import logger, setup_logging
 from .predict import Predictor
 from .prepare import PreparedData, prepare_data
+from .rundir import RunLock, check_out_dir
 from .state import TrainState, load_state
 from .train import new_state, start_process, train
 
@@ -49,6 +52,7 @@ class AlexNet:
             label_encoding=None if label_encoding is None else str(label_encoding), batch_size=batch_size,
             device=device, out=str(out_dir) if out_dir is not None else default_run_dir(), **options,
         )
+        check_out_dir(config.out, "out_dir")  # before the scan and the PCA pass, which take minutes on ImageNet
         self._start(config, verbose)
         self.data: PreparedData | None = prepare_data(config, self._dist, self._placement)
         self.state: TrainState = new_state(config, self.data)
@@ -59,6 +63,7 @@ class AlexNet:
         logger.setLevel(logging.INFO if verbose else logging.WARNING)
         self._dist, self._placement = start_process(config)
         self._predictor: Predictor | None = None
+        self._run_lock: RunLock | None = None  # taken by the first fit, held while the object lives
 
     # -- what the model holds --------------------------------------------------------------------
     @property
@@ -96,6 +101,8 @@ class AlexNet:
         loss, accuracy, top5, val_loss, val_accuracy, val_top5, lr, images_per_sec."""
         if epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {epochs}")
+        if self._run_lock is None:
+            self._run_lock = RunLock(self.config.out, "out_dir")
         if self.data is None:
             if not self.config.data:
                 raise RuntimeError("this model has no data set to train on: build AlexNet(data_path, ...) and copy "

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from .data import check_root, images_root, index_splits, is_image_name, open_tree
 from .errors import DataError, Problem
-from .scan import scan_images
-from .tree import join
+from .scan import CACHE_NAME, data_cache_dir, scan_images
+from .tree import LocalTree, join
 
 TRAINING_SPLITS = ("train", "val")
 
@@ -25,8 +25,11 @@ def image_files(tree, folder: str) -> list[str]:
     return sorted(found)
 
 
-def check_dataset(data, labels, label_encoding, placement, *, splits: list[str] | None = None) -> dict:
-    """{"ok": bool, "images": {split: count}, "classes": [class labels], "problems": [{"path", "reason"}]}"""
+def check_dataset(data, labels, label_encoding, placement, *, splits: list[str] | None = None,
+                  cache: bool = True) -> dict:
+    """{"ok": bool, "images": {split: count}, "classes": [class labels], "problems": [{"path", "reason"}]}
+    A local data set's decode results are cached where train looks first (DATA/.alexnet-dali),
+    so a train after a check decodes nothing again."""
     tree = open_tree(data)
     check_root(tree)
     # Without a label JSON the splits may be ImageNet's, kept under ILSVRC/Data/CLS-LOC.
@@ -45,11 +48,12 @@ def check_dataset(data, labels, label_encoding, placement, *, splits: list[str] 
     indexed, found = index_splits(tree, labels, label_encoding, splits=tuple(names))
     problems += found
     images: dict[str, int] = {}
+    cache_path = data_cache_dir(tree.root) / CACHE_NAME if cache and isinstance(tree, LocalTree) else None
     for name in names:
         # decode every image file of the split, labelled or not: a label problem hides no decode problem
         files = image_files(tree, join(root, name))
         images[name] = len(files)
-        problems += scan_images(files, placement)
+        problems += scan_images(files, placement, cache_path=cache_path)
     first = next(iter(indexed.values()), None)
     return {
         "ok": not problems,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 import typing
 
@@ -27,14 +28,27 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_config_options(parser: argparse.ArgumentParser, names, *, defaults: dict | None = None) -> None:
+class Parser(argparse.ArgumentParser):
+    """A usage error in one line, naming the option, the value and where to read more (argparse's
+    usage block, forty lines for `train`, would bury it)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_config_options(parser: argparse.ArgumentParser, names, *, defaults: dict | None = None,
+                       only_given: bool = False) -> None:
     """One option per named TrainConfig field, with its type, default and help text (`defaults`
-    replaces a field's default for this verb: (value, what to show))."""
+    replaces a field's default for this verb: (value, what to show)). With `only_given`, options
+    left out stay out of the parsed arguments (the config's defaults fill them in later), so that
+    a resumed run can tell what its command asked for from what it did not say."""
     hints = typing.get_type_hints(TrainConfig)
     for name in names:
         f = FIELDS[name]
         flag = "--" + name.replace("_", "-")
         default, shown = (defaults or {}).get(name, (f.default, f.default))
+        if only_given:
+            default = argparse.SUPPRESS
         help_text = f.metadata["help"]
         if hints[name] is bool:
             parser.add_argument(flag, action="store_true", default=default, help=help_text)
@@ -47,13 +61,18 @@ def add_config_options(parser: argparse.ArgumentParser, names, *, defaults: dict
                             metavar=None if choices else name.upper())
 
 
+def given_options(args: argparse.Namespace) -> set[str]:
+    """The TrainConfig fields this command sets (with add_config_options(only_given=True))."""
+    return {name for name in vars(args) if name in FIELDS}
+
+
 def config_from_args(args: argparse.Namespace, **fixed) -> TrainConfig:
     values = {k: v for k, v in vars(args).items() if k in FIELDS}
     return TrainConfig.from_dict({**values, **fixed})
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="alexnet-dali",
         description="Train, evaluate and run the AlexNet of Krizhevsky et al. (2012) fed by NVIDIA DALI.",
         epilog="every local GPU: torchrun --nproc_per_node=gpu -m alexnet_dali train DATA ...",
@@ -69,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = verbs.add_parser("train", help="train on DATA (one process, or one per GPU under torchrun)")
     train.add_argument("data", help="data root, http(s) URL or s3://bucket/prefix: DATA/train and DATA/val")
-    add_config_options(train, [name for name in FIELDS if name != "data"])
+    add_config_options(train, [name for name in FIELDS if name != "data"], only_given=True)
 
     # Prediction: the model's own precision unless told; images per batch, not a global batch.
     inference = {"precision": (None, "the precision the model was trained in")}
@@ -106,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .errors import DataError
+    from .scan import ScanInterrupted
     from .train import TrainingInterrupted
 
     args = build_parser().parse_args(argv)
@@ -117,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as e:
         print(f"{e}; run the same command with --resume to continue", file=sys.stderr)
         return 128 + e.signum
+    except ScanInterrupted as e:  # Ctrl-C during check's or train's scan: what was checked is cached
+        print(str(e), file=sys.stderr)
+        return 128 + signal.SIGINT
+    except KeyboardInterrupt:
+        print("stopped by Ctrl-C", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 # -- verbs -------------------------------------------------------------------------------------
@@ -124,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 def placement_from_args(args, threads: int | None = None):
     from .placement import place
 
+    if getattr(args, "dali_threads", 0) < 0:
+        raise ConfigError(f"--dali-threads must not be negative, got {args.dali_threads} (0: chosen for the machine)")
     return place(args.device, threads=threads if threads is not None else args.dali_threads,
                  hw_decoder_load=args.hw_decoder_load)
 
@@ -137,15 +165,32 @@ def local_data(args, splits) -> tuple[str, str | None, str | None]:
 
 
 def run_train(args) -> int:
+    from pathlib import Path
+
     from . import distributed
+    from .checkpoint import LAST
     from .log import setup_logging
-    from .train import resume_state, start_process, train
+    from .rundir import hold_run_dir
+    from .scan import ScanInterrupted
+    from .train import resume_state, resumed_config, start_process, train
 
     config = config_from_args(args)
     dist, placement = start_process(config)
     setup_logging(dist.rank)
     try:
-        train(config, resume_state(config), dist=dist, placement=placement)
+        with hold_run_dir(config.out, dist):  # before any work: a bad or busy --out stops us here
+            state = resume_state(config)
+            if state is not None:
+                config = resumed_config(state, config, given_options(args), dist.world_size)
+            train(config, state, dist=dist, placement=placement)
+    except ScanInterrupted:
+        raise  # Ctrl-C during the scan: main() says what was checked and cached
+    except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint now; a partial one was removed
+        last = Path(config.out) / LAST
+        kept = (f"{last} holds the last complete checkpoint: run the same command with --resume to continue"
+                if last.exists() else "no checkpoint was written")
+        print(f"stopped at once by Ctrl-C; {kept}", file=sys.stderr)
+        return 128 + signal.SIGINT
     finally:
         distributed.cleanup()
     return 0
@@ -194,7 +239,11 @@ def run_evaluate(args) -> int:
     setup_logging(0, "stderr")
     placement = placement_from_args(args)
     bundle = load_state(args.model).bundle
-    split = index_dataset(*local_data(args, [args.split]), splits=(args.split,))[args.split]
+    root, labels, encoding = local_data(args, [args.split])
+    split = index_dataset(root, labels, encoding, splits=(args.split,))[args.split]
+    bad = scan_split(split, root, placement)
+    if bad:  # a bad file would stop DALI mid-pass: name them all first, as train does
+        raise DataError(bad, f"{len(bad)} image(s) in {args.split!r} cannot be decoded")
     if split.classes != bundle.classes:
         raise DataError(f"the classes of {args.data} ({len(split.classes)}) differ from the model's "
                         f"({len(bundle.classes)}); pass the label encoding the model was trained with")
@@ -208,6 +257,16 @@ def run_evaluate(args) -> int:
         print(f"  top-1 accuracy {result['top1']:.2%}  (error {result['top1_error']:.2%})")
         print(f"  top-5 accuracy {result['top5']:.2%}  (error {result['top5_error']:.2%})")
     return 0
+
+
+def scan_split(split, root: str, placement) -> list:
+    """The split's undecodable images, with the scan cache train and check use for local data."""
+    from .data import open_tree
+    from .scan import CACHE_NAME, data_cache_dir, scan_images
+    from .tree import LocalTree
+
+    local = isinstance(open_tree(root), LocalTree)
+    return scan_images(list(split.files), placement, cache_path=data_cache_dir(root) / CACHE_NAME if local else None)
 
 
 def run_check(args) -> int:

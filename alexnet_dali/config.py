@@ -38,7 +38,8 @@ class TrainConfig:
     device: str = _opt("auto", "where decoding, augmentation and the network run (auto: a GPU if there is one)",
                        choices=DEVICE_CHOICES)
     seed: int = _opt(0, "run seed: model init, DALI augmentation and shuffling derive from it")
-    resume: bool = _opt(False, "continue from OUT/last.pt (automatic after a torchrun restart)")
+    resume: bool = _opt(False, "continue from OUT/last.pt, with the run's options where none are given "
+                               "(automatic after a torchrun restart)")
     checkpoint_every: float = _opt(0.0, "minutes between mid-epoch checkpoints (0: at epoch ends only)")
     dist_timeout: float = _opt(5.0, "minutes joining the process group waits for every rank (torchrun) before it stops "
                                     "with a line naming the missing ranks")

@@ -104,19 +104,41 @@ def _read_local(path: str, what: str) -> str:
 
 # -- Listing ---------------------------------------------------------------------------------
 
+# Files that operating systems and data sets keep beside images, never images themselves: left
+# out of the index without a word, as hidden entries (.DS_Store, macOS's ._foo) are. Any other
+# file that is not an image is a SkippableProblem.
+IGNORED_NAMES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"})  # compared in lower case
+IGNORED_PREFIXES = ("readme", "license", "licence", "copying")  # README.md, LICENSE.txt, ...
+IGNORED_EXTENSIONS = frozenset({".txt", ".md"})  # notes
+
+
+def is_ignored_file_name(name: str) -> bool:
+    """A file left out of the index silently (an image file name never is, unless hidden)."""
+    if name.startswith("."):
+        return True
+    lower = name.lower()
+    return not is_image_name(name) and (lower in IGNORED_NAMES or lower.startswith(IGNORED_PREFIXES)
+                                        or os.path.splitext(lower)[1] in IGNORED_EXTENSIONS)
+
+
+class SkippableProblem(Problem):
+    """A file beside the images that is not one: train --skip-bad leaves it out (and lists it in
+    excluded.json, like an undecodable image) instead of refusing to start."""
+
+
 def list_dir(tree, folder: str) -> tuple[list[str], list[str], list[Problem]]:
-    """Image files and sub-folders of one folder (paths relative to the tree); anything else is a
-    problem. Hidden entries (.DS_Store, ._foo) and the layouts' metadata files are ignored."""
+    """Image files and sub-folders of one folder (paths relative to the tree); any other file is
+    a problem. Hidden entries, the layouts' metadata files and the IGNORED_* files are ignored."""
     names, folders = tree.entries(folder)
     images, problems = [], []
     for name in names:
-        if name.startswith(".") or is_metadata_name(name):
+        if is_ignored_file_name(name) or is_metadata_name(name):
             continue
         if is_image_name(name):
             images.append(join(folder, name))
         else:
-            problems.append(Problem(tree.name(join(folder, name)),
-                                    f"not an image file name (extension {os.path.splitext(name)[1] or 'none'!r})"))
+            problems.append(SkippableProblem(tree.name(join(folder, name)), "not an image file name (extension "
+                                             f"{os.path.splitext(name)[1] or 'none'!r}; --skip-bad leaves it out)"))
     return images, [join(folder, f) for f in folders if not f.startswith(".")], problems
 
 

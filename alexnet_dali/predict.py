@@ -23,7 +23,7 @@ from .errors import DataError, Problem
 from .evaluate import mean_log_softmax
 from .loader import GpuHandOff, nchw_view
 from .placement import Placement
-from .scan import diagnose_bytes
+from .scan import diagnose_bytes, quiet_native_log
 from .state import ModelBundle, load_state
 
 
@@ -113,7 +113,8 @@ class Predictor:
         """[N, 10, 3, 224, 224]: the ten views of each encoded image, on the model's device."""
         batches = ((list(blobs[i:i + self.batch_size]), list(names[i:i + self.batch_size]))
                    for i in range(0, len(blobs), self.batch_size))
-        return torch.cat([views.clone() for views in self._views(batches)])
+        with quiet_native_log():  # DALI's own [ERROR] lines about a bad file: the DataError names it
+            return torch.cat([views.clone() for views in self._views(batches)])
 
     @torch.inference_mode()
     def predict_bytes(self, blobs: Sequence[bytes], names: Sequence[str] | None = None) -> np.ndarray:
@@ -124,7 +125,8 @@ class Predictor:
             raise DataError(empty, "images that cannot be decoded")
         batches = ((list(blobs[i:i + self.batch_size]), names[i:i + self.batch_size])
                    for i in range(0, len(blobs), self.batch_size))
-        rows = [mean_log_softmax(self.net, views, self.precision).exp() for views in self._views(batches)]
+        with quiet_native_log():  # DALI decodes ahead while the model runs: its [ERROR] lines stay off stderr
+            rows = [mean_log_softmax(self.net, views, self.precision).exp() for views in self._views(batches)]
         return torch.cat(rows).cpu().numpy() if rows else np.zeros((0, len(self.classes)), dtype=np.float32)
 
     def predict_files(self, paths: Sequence[str | Path]) -> np.ndarray:

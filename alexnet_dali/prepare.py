@@ -12,7 +12,7 @@ import torch
 
 from . import distributed
 from .config import ConfigError, TrainConfig
-from .data import Split, index_dataset
+from .data import SkippableProblem, Split, index_splits
 from .distributed import DistInfo
 from .errors import DataError, Problem
 from .jsonio import write_json
@@ -20,7 +20,8 @@ from .log import logger
 from .pca import PCA, compute_pca, load_pca, pca_cache_name, sample_files, save_pca
 from .placement import Placement
 from .s3 import is_s3_url
-from .scan import CACHE_NAME, ScanCache, decode_check
+from .scan import (CACHE_NAME, ScanCache, ScanInterrupted, data_cache_dir, decode_check, pixel_bounded_batch,
+                   save_scanned)
 
 EXCLUDED_FILE = "excluded.json"
 
@@ -30,7 +31,7 @@ class PreparedData:
     train: Split
     val: Split
     pca: PCA
-    excluded: dict  # path -> reason, for files left out by --skip-bad
+    excluded: dict  # path -> reason, for files left out by --skip-bad (undecodable, or not images)
 
 
 def cache_dirs(config: TrainConfig, data_root: str) -> list[Path]:
@@ -42,7 +43,7 @@ def cache_dirs(config: TrainConfig, data_root: str) -> list[Path]:
 
         shared = [Path(config.cache_dir).expanduser() / cache_folder_name(data_root)] if config.cache_dir else []
         return shared + [Path(config.out) / "cache"]
-    return [Path(data_root) / ".alexnet-dali", Path(config.out) / "cache"]
+    return [data_cache_dir(data_root), Path(config.out) / "cache"]
 
 
 def writable_cache(dirs: list[Path]) -> Path | None:
@@ -58,15 +59,24 @@ def writable_cache(dirs: list[Path]) -> Path | None:
     return None
 
 
-def index(config: TrainConfig, dist_info: DistInfo) -> tuple[dict[str, Split], str]:
-    """The train and validation splits, and the local data root. Every node fetches a URL data
-    set into its own cache; the main process alone lists the data and shares the index."""
+def index(config: TrainConfig, dist_info: DistInfo) -> tuple[dict[str, Split], str, dict[str, str]]:
+    """The train and validation splits, the local data root, and the files beside the images
+    that --skip-bad leaves out (path -> reason). Every node fetches a URL data set into its own
+    cache; the main process alone lists the data and shares the index."""
     from .remote import local_copy
 
     splits = ("train", config.val_split)
     root, labels, encoding = local_copy(config.data, config.labels, config.label_encoding, cache_dir=config.cache_dir,
                                         splits=splits, refresh=config.refresh)
-    return distributed.on_main(dist_info, lambda: index_dataset(root, labels, encoding, splits=splits)), root
+    indexed, problems = distributed.on_main(dist_info, lambda: index_splits(root, labels, encoding, splits=splits))
+    passed = [p for p in problems if config.skip_bad and isinstance(p, SkippableProblem)]
+    problems = [p for p in problems if p not in passed]
+    if problems:
+        raise DataError(problems, "problems in the data set")
+    for name in splits:
+        if name not in indexed:  # every file of the split was left out
+            raise DataError(f"split {name!r} holds no image files: all its files are left out by --skip-bad")
+    return indexed, root, {p.path: p.reason for p in passed}
 
 
 def scan_splits(splits: list[Split], dist_info: DistInfo, placement: Placement, cache_dir: Path | None) -> dict[str, str]:
@@ -79,13 +89,17 @@ def scan_splits(splits: list[Split], dist_info: DistInfo, placement: Placement, 
     if todo and dist_info.is_main:
         logger.info(f"checking that {len(todo)} images decode ({len(files) - len(todo)} known from the cache)")
     mine = todo[dist_info.rank::dist_info.world_size]
-    results = decode_check(mine, placement) if mine else {}
+    try:
+        results = decode_check(mine, placement) if mine else {}
+    except ScanInterrupted as stop:  # Ctrl-C: keep what this process checked (rank 0 holds the cache)
+        if cache is not None:
+            save_scanned(cache, stop.results, len(todo))
+        raise ScanInterrupted(stop.results, len(todo)) from None
     merged: dict[str, str | None] = {}
     for part in distributed.gather_objects(results):
         merged.update(part)
     if cache is not None and merged:
-        cache.record(merged)
-        cache.save()
+        save_scanned(cache, merged, len(todo))
     return {**known, **{path: reason for path, reason in merged.items() if reason}}
 
 
@@ -94,21 +108,25 @@ def prepare_data(config: TrainConfig, dist_info: DistInfo, placement: Placement)
         if is_s3_url(value):  # Path() would quietly make a local folder named "s3:"
             raise ConfigError(f"{option} {value} is in a bucket: checkpoints, logs and caches need a local or shared "
                               "file system path (the data may stay in the bucket)")
-    splits, root = index(config, dist_info)
+    splits, root, not_images = index(config, dist_info)
     train, val = splits["train"], splits[config.val_split]
     cache_dir = distributed.broadcast_object(writable_cache(cache_dirs(config, root)) if dist_info.is_main else None)
-    bad = scan_splits([train, val], dist_info, placement, cache_dir)
-    if bad and not config.skip_bad:
-        raise DataError([Problem(path, reason) for path, reason in sorted(bad.items())],
-                        f"{len(bad)} image(s) cannot be decoded and would stop training mid-epoch; fix or remove "
-                        "them, or pass --skip-bad to train without them")
+    undecodable = scan_splits([train, val], dist_info, placement, cache_dir)
+    if undecodable and not config.skip_bad:
+        raise DataError([Problem(path, reason) for path, reason in sorted(undecodable.items())],
+                        f"{len(undecodable)} image(s) cannot be decoded and would stop training mid-epoch; fix or "
+                        "remove them, or pass --skip-bad to train without them")
+    bad = {**not_images, **undecodable}
     if bad:
-        train, val = train.without(set(bad)), val.without(set(bad))
+        train, val = train.without(set(undecodable)), val.without(set(undecodable))
         if dist_info.is_main:
             out = Path(config.out)
             out.mkdir(parents=True, exist_ok=True)
             write_json(bad, out / EXCLUDED_FILE, indent=2, sort_keys=True)
-            logger.warning(f"--skip-bad left out {len(bad)} undecodable image(s), listed in {out / EXCLUDED_FILE}")
+            left_out = [f"{len(undecodable)} undecodable image(s)" if undecodable else "",
+                        f"{len(not_images)} file(s) that are not images" if not_images else ""]
+            logger.warning(f"--skip-bad left out {' and '.join(filter(None, left_out))}, listed in "
+                           f"{out / EXCLUDED_FILE}")
         if not len(train) or not len(val):
             raise DataError(f"no decodable images left in split {'train' if not len(train) else val.name!r}")
     pca = training_pca(train, config, dist_info, placement, cache_dir)
@@ -126,8 +144,9 @@ def training_pca(train: Split, config: TrainConfig, dist_info: DistInfo, placeme
         return pca
     if dist_info.is_main:
         logger.info(f"computing the RGB PCA over {len(files)} training images (cached for later runs)")
-    pca = compute_pca(files, placement, rank=dist_info.rank, world_size=dist_info.world_size,
-                      all_reduce=all_reduce_int64(placement))
+    # a batch of at most MAX_SCAN_PIXELS pixels, as the scan's: a folder of huge photos stays in bounded memory
+    pca = compute_pca(files, placement, batch_size=pixel_bounded_batch(files, 64), rank=dist_info.rank,
+                      world_size=dist_info.world_size, all_reduce=all_reduce_int64(placement))
     if dist_info.is_main and path:
         save_pca(pca, path)
     return pca

@@ -2,9 +2,12 @@
 a DALI pipeline mid-epoch ("Critical error in pipeline"; DALI cannot skip a sample).
 
 Images are decoded by the same DALI decoder that training uses, a batch at a time across all
-its threads. When a batch fails, its files are diagnosed one by one (empty, not an image,
-truncated, ...) and the good ones decoded again. Results are cached by (path, size, mtime), so
-a second start of a large run decodes nothing.
+its threads. A batch holds at most MAX_SCAN_PIXELS pixels (read from each image's header), so
+a folder of huge photos is checked in bounded memory. When a batch fails, its files are decoded
+again one at a time by the same decoder, which alone gives the verdict; the heuristics of
+`diagnose` only word the reason for a file that DALI rejected. Results are cached by (path,
+size, mtime), so a second start of a large run decodes nothing, and an interrupted scan keeps
+what it checked.
 """
 
 from __future__ import annotations
@@ -13,7 +16,14 @@ import hashlib
 import io
 import json
 import os
+import re
+import signal
+import sys
+import tempfile
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -30,6 +40,23 @@ SIGNATURES = (
 )
 CACHE_NAME = "scan-cache.json"
 
+# Pixels one scan batch may decode: DALI's decoder holds a few bytes per pixel of a batch (README,
+# "Bad files": measured figures), so 2**27 pixels, two 9000×7000 photos, keep a scan around a
+# gigabyte however many such photos a folder holds; a larger image is decoded alone. ImageNet's
+# images never reach it (64 of them hold about 12 million pixels).
+MAX_SCAN_PIXELS = 1 << 27
+REJECTED_BY_DALI = "the DALI decoder cannot decode it (other decoders may)"
+
+
+class ScanInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a scan. `results` holds what was decoded before it (path -> None or the
+    reason), so the caller can cache it; the message is the one line the user sees."""
+
+    def __init__(self, results: dict[str, str | None], total: int):
+        self.results, self.total = results, total
+        super().__init__(f"interrupted during the image scan: {len(results)} of {total} images checked and "
+                         "cached; run the same command again to go on from there")
+
 
 def image_format(head: bytes) -> str | None:
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
@@ -45,6 +72,8 @@ def diagnose(path: str) -> str | None:
     try:
         data = read_bytes(path)
     except FileNotFoundError:
+        if os.path.islink(path):  # named as the data set holds it, the link, with where it points
+            return f"broken symbolic link: its target {os.readlink(path)} does not exist"
         return "missing: the file does not exist"
     except OSError as e:
         return f"unreadable: {e.strerror or e}"
@@ -52,7 +81,8 @@ def diagnose(path: str) -> str | None:
 
 
 def diagnose_bytes(data: bytes) -> str | None:
-    """Why these encoded bytes cannot be decoded, or None if they look fine (cheap checks, then PIL)."""
+    """Why these encoded bytes cannot be decoded, or None if they look fine (cheap checks, then PIL).
+    A guess that words the reason, never the verdict: DALI's decoder gives that."""
     if not data:
         return "empty file (0 bytes)"
     kind = image_format(data[:16])
@@ -72,6 +102,129 @@ def diagnose_bytes(data: bytes) -> str | None:
         return "truncated JPEG: the end-of-image marker is missing"
     return None
 
+
+def header_pixels(image: bytes | str | os.PathLike) -> int | None:
+    """Width × height of an image (encoded bytes or a path) from its header: PIL reads no pixel
+    data. None where the header cannot be read; sys.maxsize for an image PIL calls a
+    decompression bomb (over about 179 million pixels)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # a size, not a decode
+            with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as opened:
+                width, height = opened.size
+    except Image.DecompressionBombError:
+        return sys.maxsize
+    except Exception:  # unreadable or unknown: PIL raises many types
+        return None
+    return width * height
+
+
+def pixel_bounded_batch(paths: Sequence[str], max_count: int, max_pixels: int = MAX_SCAN_PIXELS) -> int:
+    """A fixed batch size for a reader pipeline over these files (the PCA pass) that holds at
+    most max_pixels pixels even where the largest image fills every place. Only headers are
+    read; an image PIL cannot size (the scan has passed it) is left to its neighbours."""
+    largest = max((pixels for pixels in map(header_pixels, paths) if pixels), default=0)
+    return max(1, min(max_count, max_pixels // largest)) if largest else max_count
+
+
+def pixel_batches(pixels: Sequence[int | None], max_count: int, max_pixels: int) -> list[list[int]]:
+    """Indices in order, grouped into batches of at most max_count images and max_pixels pixels.
+    An image of unknown size, or larger than max_pixels, is a batch of its own."""
+    batches: list[list[int]] = []
+    current, total = [], 0
+    for index, count in enumerate(pixels):
+        alone = count is None or count > max_pixels
+        if current and (alone or len(current) == max_count or total + count > max_pixels):
+            batches.append(current)
+            current, total = [], 0
+        current.append(index)
+        total += count or 0
+        if alone:
+            batches.append(current)
+            current, total = [], 0
+    if current:
+        batches.append(current)
+    return batches
+
+
+# -- DALI's own log lines ----------------------------------------------------------------------
+
+# What nvImageCodec's logger (inside DALI) prints when it meets a bad file, with ANSI colours:
+# "\x1b[0;31m[ERROR] \x1b[0m[libjpeg_turbo_decoder] Could not decode jpeg code stream - ...".
+# DALI_NVIMGCODEC_LOG_LEVEL cannot silence it (DALI clamps the level to 1, errors), so stderr is
+# captured around each decode call and these lines dropped; our own error names the file.
+NATIVE_LOG_LINE = re.compile(rb"^(\x1b\[[0-9;]*m)*\[(FATAL|ERROR|WARNING|INFO|DEBUG|TRACE)\] ")
+
+
+@contextmanager
+def deferred_interrupt():
+    """Hold back Ctrl-C (SIGINT) until the block is done, then act on it as the handler before
+    would have (Python's raises KeyboardInterrupt), so the block is never left half-done: a
+    file half-written, stderr left redirected. Only the main thread receives Python's signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and callable(previous):  # Ctrl-C wins over an error of the block
+            previous(signal.SIGINT, None)
+        elif received and previous == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGINT)
+
+
+class _StderrCapture:
+    """fd 2 pointed at a temporary file while any thread is inside quiet_native_log()."""
+
+    lock = threading.Lock()
+    depth = 0
+    saved_fd: int | None = None
+    capture = None
+
+
+@contextmanager
+def quiet_native_log():
+    """Run DALI decodes with the native libraries' log lines kept out of stderr (fd 2 goes to a
+    temporary file meanwhile); everything else written to stderr is passed on when the block
+    ends. Nested and concurrent blocks share one capture."""
+    state = _StderrCapture
+    with state.lock:
+        if state.depth == 0:
+            capture = tempfile.TemporaryFile()
+            try:
+                sys.stderr.flush()
+                state.saved_fd = os.dup(2)
+                os.dup2(capture.fileno(), 2)
+                state.capture = capture
+            except (OSError, ValueError):  # no usable fd 2 (closed, say): leave stderr be
+                capture.close()
+        state.depth += 1
+    try:
+        yield
+    finally:
+        with state.lock:
+            state.depth -= 1
+            if state.depth == 0 and state.capture is not None:
+                try:
+                    sys.stderr.flush()
+                finally:
+                    os.dup2(state.saved_fd, 2)
+                os.close(state.saved_fd)
+                state.capture.seek(0)
+                kept = [line for line in state.capture.read().splitlines(keepends=True)
+                        if not NATIVE_LOG_LINE.match(line)]
+                state.capture.close()
+                state.capture = None
+                if kept:
+                    os.write(2, b"".join(kept))
+
+
+# -- Decoding ------------------------------------------------------------------------------
 
 class DaliDecodeCheck:
     """Decodes batches of encoded files with DALI's decoder; a failed batch raises and the
@@ -103,8 +256,9 @@ class DaliDecodeCheck:
         if self.pipe is None:
             self._build()
         try:
-            self.pipe.feed_input("encoded", [np.frombuffer(b, dtype=np.uint8) for b in blobs])
-            self.pipe.run()
+            with deferred_interrupt(), quiet_native_log():  # Ctrl-C never leaves stderr redirected
+                self.pipe.feed_input("encoded", [np.frombuffer(b, dtype=np.uint8) for b in blobs])
+                self.pipe.run()
             return True
         except RuntimeError:
             self.pipe = None
@@ -148,16 +302,20 @@ class ScanCache:
                 self.entries = {}
 
     def split(self, files: Sequence[str]) -> tuple[dict[str, str], list[str]]:
-        """(known problems: path -> reason, files still to decode)."""
+        """(known problems: path -> reason, files still to decode). Ctrl-C while the files are
+        looked up (a stat each: minutes on a network file system) is a ScanInterrupted."""
         known, todo = {}, []
-        for path in files:
-            key = file_key(path)
-            if key is None:
-                known[path] = "missing or unreadable"
-            elif key not in self.entries:
-                todo.append(path)
-            elif self.entries[key]:
-                known[path] = self.entries[key]
+        try:
+            for path in files:
+                key = file_key(path)
+                if key is None:
+                    known[path] = diagnose(path) or "missing or unreadable"
+                elif key not in self.entries:
+                    todo.append(path)
+                elif self.entries[key]:
+                    known[path] = self.entries[key]
+        except KeyboardInterrupt:
+            raise ScanInterrupted({}, len(files)) from None
         return known, todo
 
     def record(self, results: dict[str, str | None]) -> None:
@@ -170,41 +328,74 @@ class ScanCache:
         if self.path is None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(self.entries, self.path)
+            with deferred_interrupt():  # a Ctrl-C now waits for the file to be whole
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                write_json(self.entries, self.path)
         except OSError:
             pass  # an unwritable cache only costs a rescan next time
 
 
-def decode_check(files: Sequence[str], placement, *, batch_size: int = 64,
+def data_cache_dir(data_root: str | os.PathLike) -> Path:
+    """Where check and train keep the scan results (and train its PCA) for a local data set."""
+    return Path(data_root) / ".alexnet-dali"
+
+
+def decode_check(files: Sequence[str], placement, *, batch_size: int = 64, max_pixels: int = MAX_SCAN_PIXELS,
                  progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict[str, str | None]:
     """path -> None if DALI decodes it where `placement` (placement.py) says, else the reason it
-    does not."""
+    does not. At most batch_size images and max_pixels pixels per decode. Ctrl-C raises
+    ScanInterrupted with the results so far."""
     threads = placement.threads
     check = DaliDecodeCheck(placement, batch_size)
     results: dict[str, str | None] = {}
-    batches = [list(files[i:i + batch_size]) for i in range(0, len(files), batch_size)]
-    with ThreadPoolExecutor(max_workers=min(threads, 8)) as pool:
-        for batch in progress(batches):
-            blobs = list(pool.map(_read, batch))
-            if all(blobs) and check(blobs):
-                results.update(dict.fromkeys(batch))
-                continue
-            for path, reason in zip(batch, pool.map(diagnose, batch)):
-                if reason is None and not check([_read(path)]):
-                    reason = "the DALI decoder cannot decode it (other decoders may)"
-                results[path] = reason
+    chunks = [list(files[i:i + batch_size]) for i in range(0, len(files), batch_size)]
+    try:
+        with ThreadPoolExecutor(max_workers=min(threads, 8)) as pool:
+            for chunk in progress(chunks):
+                blobs = list(pool.map(_read, chunk))
+                sizes = [header_pixels(blob) if blob else None for blob in blobs]
+                for batch in pixel_batches(sizes, batch_size, max_pixels):
+                    results.update(decode_batch(check, [chunk[i] for i in batch], [blobs[i] for i in batch]))
+    except KeyboardInterrupt:
+        raise ScanInterrupted(results, len(files)) from None
     return results
 
 
+def decode_batch(check: DaliDecodeCheck, paths: list[str], blobs: list[bytes]) -> dict[str, str | None]:
+    """Verdicts for one batch. If the batch fails, each file is decoded alone by the same
+    decoder: a file's verdict never depends on the files beside it."""
+    results = {path: diagnose(path) or "missing or unreadable" for path, blob in zip(paths, blobs) if not blob}
+    readable = [(path, blob) for path, blob in zip(paths, blobs) if blob]
+    if readable and check([blob for _, blob in readable]):
+        return {**results, **dict.fromkeys(path for path, _ in readable)}
+    for path, blob in readable:
+        decodes = len(readable) > 1 and check([blob])  # one file alone already failed above
+        results[path] = None if decodes else diagnose_bytes(blob) or REJECTED_BY_DALI
+    return results
+
+
+def save_scanned(cache: ScanCache, results: dict[str, str | None], total: int) -> None:
+    """Record results in the cache and write it whole; a Ctrl-C while it is written stops the
+    scan (ScanInterrupted) only once the file is complete."""
+    cache.record(results)
+    try:
+        cache.save()
+    except KeyboardInterrupt:
+        raise ScanInterrupted(results, total) from None
+
+
 def scan_images(files: Sequence[str], placement, *, cache_path: Path | None = None) -> list[Problem]:
-    """Every file that cannot be decoded, with the reason, in the order given; cached."""
+    """Every file that cannot be decoded, with the reason, in the order given; cached, also when
+    Ctrl-C stops the scan (ScanInterrupted)."""
     cache = ScanCache(cache_path)
     found, todo = cache.split(files)
     if todo:
-        results = decode_check(todo, placement)
-        cache.record(results)
-        cache.save()
+        try:
+            results = decode_check(todo, placement)
+        except ScanInterrupted as stop:
+            save_scanned(cache, stop.results, len(todo))
+            raise
+        save_scanned(cache, results, len(todo))
         found.update({path: reason for path, reason in results.items() if reason})
     return [Problem(path, found[path]) for path in files if path in found]
 

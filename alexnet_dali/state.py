@@ -102,13 +102,17 @@ REQUIRED_KEYS = ("model", "classes", "pca")
 def load_state(path: str | os.PathLike) -> TrainState:
     """A checkpoint or saved model as a TrainState; CheckpointError naming the file and what is
     wrong with it otherwise."""
-    values = load_checkpoint(path)
+    return state_from_checkpoint(load_checkpoint(path), path)
+
+
+def state_from_checkpoint(values: dict, path: str | os.PathLike) -> TrainState:
+    """The TrainState in a loaded checkpoint `values` (read from `path`, named in errors)."""
     missing = [key for key in REQUIRED_KEYS if key not in values]
     if missing:
-        raise CheckpointError(f"{path} is an alexnet-dali checkpoint without {', '.join(missing)}: it is incomplete "
-                              "or was edited; use another checkpoint (last.pt, previous.pt, best.pt)")
+        raise CheckpointError(f"{path} is a checkpoint missing keys ({', '.join(missing)}): it is incomplete or was "
+                              "edited; use another checkpoint (last.pt, previous.pt, best.pt)")
     try:
         return TrainState.from_dict(values)
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise CheckpointError(f"{path} holds an alexnet-dali checkpoint that does not fit together "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None

@@ -131,11 +131,11 @@ def test_duplicate_image_ids(original_layout):
 def test_every_problem_is_reported_together(original_layout):
     write_image(original_layout["data"] / "train" / "x1.jpg", 40, 40)
     write_image(original_layout["data"] / "train" / "x2.jpg", 40, 40)
-    (original_layout["data"] / "train" / "notes.txt").write_text("hi")
+    (original_layout["data"] / "train" / "notes.docx").write_text("hi")
     with pytest.raises(DataError) as info:
         index_dataset(original_layout["data"], original_layout["labels"])
     paths = {Path(p.path).name for p in info.value.problems}
-    assert paths == {"x1.jpg", "x2.jpg", "notes.txt"}
+    assert paths == {"x1.jpg", "x2.jpg", "notes.docx"}
 
 
 def test_class_folder_problems(tmp_path):

@@ -214,7 +214,7 @@ def test_truncated_and_foreign_checkpoints_are_named(tmp_path, two_run):
     good = two_run / "last.pt"
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[:5000])
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+    with pytest.raises(CheckpointError, match="is a truncated checkpoint"):
         load_checkpoint(truncated)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
@@ -236,7 +236,7 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_previous_with_a_warning(tmp
     shutil.copytree(two_run, out)
     (out / "last.pt").write_bytes((out / "last.pt").read_bytes()[:1000])
     result = run_cli(*train_args(sixteen, out, "--epochs", "3", "--resume"), check=True)
-    assert "truncated or corrupt" in result.stderr and "previous.pt" in result.stderr
+    assert "is a truncated checkpoint" in result.stderr and "previous.pt" in result.stderr
     assert "resuming" in result.stdout and "epoch 2" in result.stdout  # previous.pt holds epoch 1
     assert len(json.loads((out / "history.json").read_text())["loss"]) == 3
 

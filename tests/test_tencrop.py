@@ -232,3 +232,16 @@ def test_cli_predict_and_evaluate(tmp_path, images):
     assert "top-1 accuracy" in text and "error" in text and "centre crop" in text
     missing = run_cli("predict", model_path, tmp_path / "nothing.jpg", "--device", "cpu")
     assert missing.returncode == 2 and "nothing.jpg: no such file" in missing.stderr
+
+
+def test_cli_evaluate_names_undecodable_images_before_it_starts(tmp_path):
+    data = labelled_set(tmp_path / "data")
+    broken = data / "val" / "bee" / "000.jpg"
+    broken.write_bytes(broken.read_bytes()[:2000])
+    net = sensitive_net(seed=2)
+    model_path = tmp_path / "model.pt"
+    torch.save({"format": "alexnet-dali-checkpoint", "version": 2,
+                **bundle(net, ["ant", "bee", "cow", "dog", "eel"]).to_dict()}, model_path)
+    result = run_cli("evaluate", model_path, data, "--device", "cpu")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "[ERROR]" not in result.stderr
+    assert f"{broken}: truncated JPEG" in result.stderr
