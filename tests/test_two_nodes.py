@@ -156,3 +156,18 @@ def test_the_ranks_of_each_start_meet_in_one_generation_even_after_an_incomplete
     assert "for rank 0 of 2" in str(incomplete) and "prefix alexnet-dali/world2/generation2" in str(incomplete)
     assert meet(agent_store.port, 2, [0, 1]) == {0: (True, [0, 1]), 1: (True, [0, 1])}
     assert agent_store.check(["alexnet-dali/world2/generation3/hello0"])  # generation 2 was closed
+
+
+def test_the_timeout_belongs_to_the_command_and_may_differ_on_resume():
+    """--dist-timeout is how this command waits, not what the run is: a resume may change it."""
+    from alexnet_dali.config import TrainConfig
+    from alexnet_dali.model import AlexNetModule
+    from alexnet_dali.pca import PCA
+    from alexnet_dali.state import ModelBundle, TrainState
+    from alexnet_dali.train import resumed_config
+
+    saved = TrainConfig(batch_size=2)
+    pca = PCA((0.5, 0.4, 0.3), (0.1, 0.01, 0.001), ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+    state = TrainState(ModelBundle(AlexNetModule(2), pca, ("cat", "dog")), saved.to_dict(), epoch=1, global_batch=2)
+    resumed = resumed_config(state, saved.replace(dist_timeout=0.5), {"dist_timeout"}, world_size=2)
+    assert resumed.dist_timeout == 0.5
