@@ -646,7 +646,7 @@ def test_refresh_is_an_option_of_train_check_and_evaluate(tree, tmp_path):
     assert parser.parse_args(["check", "http://x/", "--refresh"]).refresh is True
     with serve(tree["data"]) as (url, _):
         config = TrainConfig(data=url, labels=url + "labels.json", cache_dir=str(tmp_path / "cache"))
-        _, root = index(config, DistInfo())
+        _, root, _ = index(config, DistInfo())
         write_image(tree["data"] / "val" / "val_003.jpg", 96, 80, seed=99)
         later(tree["data"] / "val" / "val_003.jpg")
         index(config.replace(refresh=True), DistInfo())  # train's path to the cache
