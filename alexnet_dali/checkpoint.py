@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from .log import logger
+
 FORMAT = "alexnet-dali-checkpoint"
 VERSION = 2  # 2: the typed state (state.py) adds arch, precision, warmup; format 1 loads too
 LAST = "last.pt"
@@ -245,5 +247,5 @@ def newest_valid_checkpoint(run_dir: str | os.PathLike) -> tuple[dict, Path] | N
         if not previous.exists():
             raise
         state = load_checkpoint(previous)
-        warnings.warn(f"{e}; resuming from the older {previous} (epoch {state.get('epoch')})", stacklevel=2)
+        logger.warning(f"{e}; resuming from the older {previous} (epoch {state.get('epoch')})")
         return state, previous

@@ -33,12 +33,16 @@ class _CurrentStream(logging.StreamHandler):
 
 
 def setup_logging(rank: int = 0, stream: str = "stdout") -> None:
-    """Rank 0 at INFO, other ranks at WARNING, to sys.stdout (or "stderr", where stdout carries
-    a command's result, e.g. --json). Calling it again only changes the level and stream."""
+    """Rank 0 at INFO, other ranks at WARNING. Progress goes to sys.stdout (or "stderr", where
+    stdout carries a command's result, e.g. --json), warnings and errors to sys.stderr. Calling
+    it again only changes the level and stream."""
     for handler in [h for h in logger.handlers if isinstance(h, _CurrentStream)]:
         logger.removeHandler(handler)
-    handler = _CurrentStream(stream)
-    handler.setFormatter(_Format("%(message)s"))
-    logger.addHandler(handler)
+    progress, problems = _CurrentStream(stream), _CurrentStream("stderr")
+    progress.addFilter(lambda record: record.levelno < logging.WARNING)
+    problems.setLevel(logging.WARNING)
+    for handler in (progress, problems):
+        handler.setFormatter(_Format("%(message)s"))
+        logger.addHandler(handler)
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     logger.propagate = False

@@ -16,9 +16,9 @@ import functools
 import hashlib
 import os
 import posixpath
-import warnings
 
 from .errors import DataError
+from .log import logger
 
 SCHEME = "s3://"
 INSTALL_HINT = "pip install 'alexnet-dali[s3]'"
@@ -220,8 +220,8 @@ class S3Tree:
             self._add_folder(folder)
             self.folders[folder][0].add(name)
         if skipped:  # a path with an empty segment has no place in a folder tree
-            warnings.warn(f"{len(skipped)} key(s) under {self.url} with an empty path segment ('//') are not read "
-                          f"(first: {skipped[0]!r})", stacklevel=2)
+            logger.warning(f"{len(skipped)} key(s) under {self.url} with an empty path segment ('//') are not read "
+                           f"(first: {skipped[0]!r})")
 
     def _add_folder(self, folder: str) -> None:
         """The folder, and each folder above it, entered in its parent."""

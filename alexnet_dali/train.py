@@ -11,6 +11,7 @@ Only the main process (rank 0) writes files and shows progress; metrics are all-
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time

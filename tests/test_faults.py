@@ -60,7 +60,7 @@ def test_train_refuses_before_any_step_and_skip_bad_trains_on_the_rest(damaged, 
     assert "--skip-bad" in refused.stderr
     assert "epoch 1/1" not in refused.stdout and not (tmp_path / "run" / "last.pt").exists()
     skipped = run_cli(*train_args(damaged, tmp_path / "run", "--epochs", "1", "--skip-bad"), check=True)
-    assert "left out 3 undecodable image(s)" in skipped.stdout
+    assert "warning: --skip-bad left out 3 undecodable image(s)" in skipped.stderr
     assert "training on 6 images" in skipped.stdout and "validating on 3" in skipped.stdout
     excluded = json.loads((tmp_path / "run" / "excluded.json").read_text())
     assert {Path(p).name for p in excluded} == set(EXPECTED_REASONS)
