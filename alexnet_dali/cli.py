@@ -261,12 +261,11 @@ def run_evaluate(args) -> int:
 
 def scan_split(split, root: str, placement) -> list:
     """The split's undecodable images, with the scan cache train and check use for local data."""
-    from .data import open_tree
+    from .s3 import is_s3_url
     from .scan import CACHE_NAME, data_cache_dir, scan_images
-    from .tree import LocalTree
 
-    local = isinstance(open_tree(root), LocalTree)
-    return scan_images(list(split.files), placement, cache_path=data_cache_dir(root) / CACHE_NAME if local else None)
+    cache = None if is_s3_url(root) else data_cache_dir(root) / CACHE_NAME  # never in a bucket
+    return scan_images(list(split.files), placement, cache_path=cache)
 
 
 def run_check(args) -> int:

@@ -23,14 +23,18 @@ from .errors import DataError, Problem
 from .evaluate import mean_log_softmax
 from .loader import GpuHandOff, nchw_view
 from .placement import Placement
-from .scan import diagnose_bytes, quiet_native_log
+from .scan import diagnose_bytes, quiet_native_log, read_bytes
 from .state import ModelBundle, load_state
 
 
 def expand_paths(items: Sequence[str | Path]) -> list[str]:
-    """Files as given; a directory expands to its image files (sorted, not recursive)."""
+    """Files (or s3:// objects) as given; a directory expands to its image files (sorted, not
+    recursive)."""
     paths = []
     for item in items:
+        if str(item).startswith("s3://"):
+            paths.append(str(item))
+            continue
         item = Path(item)
         if item.is_dir():
             found = sorted(str(p) for p in item.iterdir() if p.is_file() and is_image_name(p.name))
@@ -133,7 +137,7 @@ class Predictor:
         blobs, problems = [], []
         for path in paths:
             try:
-                blobs.append(Path(path).read_bytes())
+                blobs.append(read_bytes(str(path)))
             except FileNotFoundError:
                 problems.append(Problem(str(path), "no such file"))
             except IsADirectoryError:

@@ -379,6 +379,23 @@ def test_ten_crop_evaluation_from_the_bucket_equals_a_local_copy(store, trained,
                                                                            if k not in rates[1]}
 
 
+def test_predict_reads_images_straight_from_the_bucket(store, trained, capsys):
+    model = trained["root"] / "s3" / "last.pt"
+    local = Path(store["original"]["data"]) / "val"
+    names = sorted(p.name for p in local.iterdir())[:3]
+    rows = []
+    for images in ([f"{URL}/val/{name}" for name in names], [str(local / name) for name in names]):
+        assert cli.main(["predict", str(model), *images, "--device", "cpu", "--json"]) == 0
+        rows.append(json.loads(capsys.readouterr().out))
+    assert [row["image"] for row in rows[0]] == [f"{URL}/val/{name}" for name in names]
+    for remote, copy in zip(*rows):
+        assert [entry["label"] for entry in remote["top"]] == [entry["label"] for entry in copy["top"]]
+        assert [entry["probability"] for entry in remote["top"]] == pytest.approx(
+            [entry["probability"] for entry in copy["top"]], rel=1e-6)
+    assert cli.main(["predict", str(model), f"{URL}/val/nothing.jpg", "--device", "cpu"]) == 2
+    assert "nothing.jpg: no such file" in capsys.readouterr().err
+
+
 def test_two_torchrun_processes_train_class_folders_from_the_bucket(store, tmp_path):
     """`torchrun ... -m alexnet_dali train s3://...`: each rank lists the bucket and reads its shard."""
     out = tmp_path / "run"
