@@ -245,3 +245,28 @@ def test_cli_evaluate_names_undecodable_images_before_it_starts(tmp_path):
     result = run_cli("evaluate", model_path, data, "--device", "cpu")
     assert result.returncode == 2 and "Traceback" not in result.stderr and "[ERROR]" not in result.stderr
     assert f"{broken}: truncated JPEG" in result.stderr
+
+
+def test_the_next_batch_is_fed_to_dali_before_the_model_runs_on_this_one(images):
+    """Prediction overlaps decoding with the network: batch i+1 is handed to DALI (fed and
+    scheduled) before the model sees batch i."""
+    events = []
+
+    class Recording(AlexNetModule):
+        def forward(self, x):
+            events.append("model")
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    predictor = Predictor(bundle(Recording(5), [f"c{i}" for i in range(5)]), cpu_placement(), batch_size=2)
+    blobs = [images[name].read_bytes() for name in ("big", "small", "square", "wide256", "tall256")]
+
+    def batches():
+        for start in range(0, len(blobs), 2):
+            events.append(f"fed {start // 2}")
+            yield blobs[start:start + 2], [f"image {i}" for i in range(start, min(start + 2, len(blobs)))]
+
+    with torch.inference_mode():
+        for views in predictor._views(batches()):
+            predictor.net(views.reshape(-1, *views.shape[-3:]))
+    assert events == ["fed 0", "fed 1", "model", "fed 2", "model", "model"]
