@@ -30,6 +30,7 @@ from .loader import LoaderSettings, dali_threads, evaluation_loader, training_lo
 from .model import AlexNetModule
 from .pca import PCA
 from .prepare import PreparedData, prepare_data
+from .schedule import DivergenceGuard, TrainingDiverged, Warmup, divergence_advice, lr_for_batch
 from .visualize import log_sample_grid
 
 # Steps between the loop's host-device syncs (the progress bar's numbers; under DDP, the ranks'
@@ -140,14 +141,19 @@ def autocast(images: torch.Tensor, precision: str):
 
 
 def train_one_epoch(model, criterion, optimizer, loader, progress: EpochProgress, *, control: StepControl,
-                    on_checkpoint, bar, on_first_batch=None, precision: str = "fp32") -> int:
-    """Train over the rest of one epoch. Returns 0, or the signal that stopped it early."""
+                    on_checkpoint, bar, on_first_batch=None, precision: str = "fp32", warmup: Warmup | None = None,
+                    on_sync=None) -> int:
+    """Train over the rest of one epoch. Returns 0, or the signal that stopped it early.
+    `on_sync(progress, images)` runs at each sync point and before each checkpoint (issue 15: the
+    divergence guard, which raises TrainingDiverged)."""
     model.train()
     start = time.perf_counter()
     for images, labels in loader:
         if on_first_batch is not None:  # the TensorBoard sample grid: the inputs as the network sees them
             on_first_batch(images)
             on_first_batch = None
+        if warmup is not None:  # issue 15: the lr of this step during warmup
+            warmup.step()
         with autocast(images, precision):
             logits = model(images)
             loss = criterion(logits, labels)
@@ -157,10 +163,13 @@ def train_one_epoch(model, criterion, optimizer, loader, progress: EpochProgress
         progress.totals += batch_counts(logits, labels, loss.detach() * labels.numel())
         progress.step += 1
         bar.update(1)
-        if progress.step % SYNC_EVERY == 0 or progress.step == len(loader):
+        synced = progress.step % SYNC_EVERY == 0 or progress.step == len(loader)
+        if synced:
             elapsed = progress.seconds + time.perf_counter() - start
             bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{progress.totals[3].item() / elapsed:.1f}")
         save_now, signum = control.poll(progress.step, len(loader))
+        if on_sync is not None and (synced or save_now):  # issue 15: never checkpoint a blown-up model
+            on_sync(progress, images)
         if save_now:
             on_checkpoint(progress, progress.seconds + time.perf_counter() - start)
             control.checkpointed()
@@ -192,14 +201,15 @@ def evaluate(model, loader, dist_info: DistInfo, expected: int | None = None,
 
 def batch_plan(config: TrainConfig, world_size: int) -> tuple[int, int, float]:
     """(images per process, global batch, lr). By default --batch-size is the global batch, split
-    over the processes; with per_gpu_batch it is per process and lr grows linearly with the
-    number of processes (Goyal et al., 2017)."""
+    over the processes; with per_gpu_batch it is per process. The lr follows the global batch
+    (schedule.lr_for_batch: linear scaling, Goyal et al., 2017)."""
+    lr = lr_for_batch(config.lr, config.batch_size, world_size, config.per_gpu_batch)[0]
     if config.per_gpu_batch:
-        return config.batch_size, config.batch_size * world_size, config.lr * world_size
+        return config.batch_size, config.batch_size * world_size, lr
     if config.batch_size % world_size:
         raise ConfigError(f"the global batch {config.batch_size} does not split evenly over {world_size} processes; "
                          f"pick a multiple of {world_size} or use --per-gpu-batch")
-    return config.batch_size // world_size, config.batch_size, config.lr
+    return config.batch_size // world_size, config.batch_size, lr
 
 
 def run_dir_state(config: TrainConfig, dist_info: DistInfo) -> dict | None:
@@ -281,6 +291,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
     data = data or prepare_data(config, dist_info, log)
     train_split, val_split, pca = data.train, data.val, data.pca
     per_process, global_batch, lr = batch_plan(config, dist_info.world_size)
+    lr_why = lr_for_batch(config.lr, config.batch_size, dist_info.world_size, config.per_gpu_batch)[1]
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     raw_model = net if net is not None else AlexNetModule(len(train_split.classes), config.groups, config.dropout)
     if net is not None and net.num_classes != len(train_split.classes):
@@ -309,11 +320,17 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
                               config.seed, config.lighting, config.hw_decoder_load)
     train_loader = training_loader(train_split, pca, settings, dist_info, state=rank_state and rank_state["dali"])
     val_loader = evaluation_loader(val_split, pca, settings, dist_info)
+    # -- issue 15: warmup and the divergence guard, restored exactly on resume
+    warmup = Warmup.for_epochs(optimizer, lr, config.warmup_epochs, len(train_loader))
+    guard = DivergenceGuard(len(train_split.classes))
+    if resume_state is not None:
+        warmup.load_state_dict(resume_state.get("warmup"))
+        guard.load_state_dict(resume_state.get("divergence_guard"))
     writer = None
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_config(config, out / "config.json", **version, world_size=dist_info.world_size,
-                   global_batch=global_batch, batch_per_process=per_process, lr_effective=lr,
+                   global_batch=global_batch, batch_per_process=per_process, lr_effective=lr, lr_rule=lr_why,
                    train_images=len(train_split), val_images=len(val_split), classes=list(train_split.classes))
         from torch.utils.tensorboard import SummaryWriter
 
@@ -321,6 +338,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
         log(f"training on {len(train_split)} images ({len(train_split.classes)} classes), validating on "
             f"{len(val_split)}; {dist_info.world_size} process(es) on {dist_info.device.type}, "
             f"global batch {global_batch}; run directory {out}")
+        log(lr_why + (f", reached after {warmup.steps} warmup steps" if warmup.steps else ""))
         log(f"TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
 
     def checkpoint(epoch: int, progress: EpochProgress | None, seconds: float = 0.0) -> Path:
@@ -335,11 +353,24 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
             save_checkpoint({
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "ranks": ranks,
+                "warmup": warmup.state_dict(), "divergence_guard": guard.state_dict(),
                 "classes": list(train_split.classes), "class_names": list(train_split.class_names),
                 "pca": pca.to_dict(), "config": config.to_dict(),
                 "global_batch": global_batch, "world_size": dist_info.world_size, **version,
             }, path)
         return path
+
+    def stop_if_diverged(epoch: int, progress: EpochProgress, images: torch.Tensor) -> None:
+        """Issue 15: all ranks see the same totals, so all stop together, before anything is saved."""
+        totals = distributed.all_reduce_sum(progress.totals.clone()).tolist()
+        reason = guard.check(epoch, totals[0], totals[3])
+        if reason is None:
+            return
+        kept = (f"best.pt holds epoch {history['val_accuracy'].index(best) + 1} (val top-1 {best:.1%})"
+                if best >= 0 else "no epoch finished, so there is no best.pt")
+        advice = divergence_advice(bool(torch.isfinite(images).all()), lr, config.warmup_epochs)
+        raise TrainingDiverged(f"training stopped in epoch {epoch + 1} at step {progress.step}/{len(train_loader)}: "
+                               f"{reason}; {advice}; nothing since was saved ({kept})", epoch, progress.step)
 
     criterion = nn.CrossEntropyLoss()
     with StepControl(config.checkpoint_every, dist_info) as control:
@@ -349,15 +380,16 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
                 progress = EpochProgress(rank_state["totals"].to(dist_info.device), rank_state["step"],
                                          rank_state["seconds"])
             rank_state = None
-            lr_now = optimizer.param_groups[0]["lr"]
             bar = tqdm(total=len(train_loader), initial=progress.step, disable=not dist_info.is_main,
                        desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", dynamic_ncols=True)
             signum = train_one_epoch(model, criterion, optimizer, train_loader, progress,
                                      control=control, bar=bar,
                                      on_first_batch=(lambda images: log_sample_grid(writer, images, pca.mean, epoch))
                                      if writer is not None and epoch == 0 else None,
-                                     on_checkpoint=lambda p, s: checkpoint(epoch, p, s), precision=config.precision)
+                                     on_checkpoint=lambda p, s: checkpoint(epoch, p, s), precision=config.precision,
+                                     warmup=warmup, on_sync=lambda p, images: stop_if_diverged(epoch, p, images))
             bar.close()
+            lr_now = optimizer.param_groups[0]["lr"]  # the lr of the epoch's last step (warmup moves it within)
             if signum:
                 raise TrainingInterrupted(signum, out / LAST, epoch, progress.step)
             totals = distributed.all_reduce_sum(progress.totals.clone())
@@ -365,14 +397,15 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
             images_per_sec = totals[3].item() / max(progress.seconds, 1e-9)
             val_loss, val_top1, val_top5 = evaluate(raw_model, val_loader, dist_info, expected=len(val_split),
                                                   precision=config.precision)
-            scheduler.step(1.0 - val_top1)  # section 5: lr / 10 when the validation error stops improving
+            if not warmup.active:  # issue 15: the plateau rule starts counting after warmup (schedule.py)
+                scheduler.step(1.0 - val_top1)  # section 5: lr / 10 when the validation error stops improving
             metrics = dict(zip(HISTORY_KEYS, (loss, top1, top5, val_loss, val_top1, val_top5, lr_now, images_per_sec)))
             for key, value in metrics.items():
                 history[key].append(value)
             path = checkpoint(epoch + 1, None)
             control.checkpointed()
             if dist_info.is_main:
-                if val_top1 > best:
+                if val_top1 > best and math.isfinite(val_loss):  # issue 13: never a NaN model as best.pt
                     best = val_top1
                     link(path, out / BEST)
                 write_json(history, out / "history.json", indent=2)
@@ -381,8 +414,6 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
                 writer.flush()
                 log(f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}, top-1 {top1:.1%}, val loss {val_loss:.4f}, "
                     f"val top-1 {val_top1:.1%}, val top-5 {val_top5:.1%}, lr {lr_now:g}, {images_per_sec:.1f} images/s")
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss} in epoch {epoch + 1}; lower --lr")
     if writer is not None:
         writer.close()
     return TrainResult(history, out / LAST, pca, train_split.classes, raw_model)
