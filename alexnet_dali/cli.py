@@ -17,7 +17,6 @@ from . import __version__
 from .config import ConfigError, TrainConfig
 
 EXIT_BAD_INPUT = 2
-DEMO_BATCH, DEMO_LR = 32, 0.001
 
 
 def add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ("data",)) -> None:
@@ -133,7 +132,8 @@ def run_train(args) -> int:
 
 def run_demo(args) -> int:
     from .api import AlexNet
-    from .demo import make_demo_dataset
+    from .checkpoint import BEST
+    from .demo import DEMO_OPTIONS, make_demo_dataset
 
     out = Path(args.out)
     if (out / "run" / "last.pt").exists():
@@ -143,23 +143,26 @@ def run_demo(args) -> int:
     started = time.perf_counter()
     paths = make_demo_dataset(out / "data", seed=args.seed)
     print(f"demo data: {paths['data']} (train/val/test JPEGs, labels.json, label_encoding.json)")
-    # Five classes and 200 images: the paper's lr 0.01 (for batch 128 over 1000 classes) blows the
-    # freshly initialised net up in its first steps here, so the demo takes batch 32 and lr 0.001.
-    model = AlexNet(paths["data"], paths["labels"], paths["label_encoding"], batch_size=DEMO_BATCH, lr=DEMO_LR,
-                    device=args.device, out_dir=out / "run", seed=args.seed)
+    model = AlexNet(paths["data"], paths["labels"], paths["label_encoding"], device=args.device,
+                    out_dir=out / "run", seed=args.seed, **DEMO_OPTIONS)
     history = model.fit(epochs=args.epochs)
-    saved = model.save(out / "model.pt")
+    # Predict with the best model, as one would ship it: the last epoch's can be a worse one.
+    val = history["val_accuracy"]
+    best_epoch = val.index(max(val)) + 1
+    best = AlexNet.load(out / "run" / BEST, device=args.device)
+    saved = best.save(out / "model.pt")
     tests = sorted((out / "data" / "test").glob("*.jpg"))
-    probabilities = model.predict(tests)
-    hits = sum(model.classes[int(p.argmax())] in t.name for p, t in zip(probabilities, tests))
-    print("\nten-crop predictions on the held-out test images:")
+    probabilities = best.predict(tests)
+    hits = sum(best.classes[int(p.argmax())] in t.name for p, t in zip(probabilities, tests))
+    print(f"\nten-crop predictions on the held-out test images by the best model "
+          f"(best.pt: epoch {best_epoch}, val top-1 {max(val):.1%}):")
     for path, p in list(zip(tests, probabilities))[:5]:
-        print(f"  {path.name:28s} -> {model.classes[int(p.argmax())]} ({p.max():.0%})")
+        print(f"  {path.name:28s} -> {best.classes[int(p.argmax())]} ({p.max():.0%})")
     print(f"  ... {hits}/{len(tests)} test images right")
-    print(f"\nvalidation top-1 {history['val_accuracy'][-1]:.1%} after {len(history['loss'])} epochs "
+    print(f"\nvalidation top-1: best {max(val):.1%} (epoch {best_epoch}), final {val[-1]:.1%} after {len(val)} epochs "
           f"(chance: {1 / len(model.classes):.0%}); {time.perf_counter() - started:.0f} s in all")
     print(f"run directory: {model.config.out} (history.json, last.pt, best.pt, tensorboard/)")
-    print(f"saved model: {saved}; try: alexnet-dali predict {saved} {tests[0]}")
+    print(f"saved model (the best, epoch {best_epoch}): {saved}; try: alexnet-dali predict {saved} {tests[0]}")
     return 0
 
 

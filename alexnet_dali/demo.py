@@ -19,16 +19,23 @@ from PIL import Image
 CLASSES = ("stripes", "columns", "rings", "checks", "diagonals")
 DEFAULT_COUNTS = {"train": 40, "val": 12, "test": 4}  # images per class
 
+# The demo's training options (TRAINING PLACEHOLDER: measured in issue 15, see README).
+DEMO_OPTIONS = {"batch_size": 32, "lr": 0.0005, "lr_patience": 2}
 
-def class_colour(kind: str, rng: np.random.Generator) -> np.ndarray:
+
+def class_colour(kind: str, rng: np.random.Generator, colour_cue: bool = True) -> np.ndarray:
     """A colour from the class's own hue family (so colour, as well as pattern, tells the classes
-    apart: the first cue a freshly initialised AlexNet learns)."""
-    hue = (CLASSES.index(kind) / len(CLASSES) + rng.uniform(-0.05, 0.05)) % 1.0
+    apart: the first cue a freshly initialised AlexNet learns), or without `colour_cue` any hue
+    (then only the pattern does)."""
+    if colour_cue:
+        hue = (CLASSES.index(kind) / len(CLASSES) + rng.uniform(-0.05, 0.05)) % 1.0
+    else:
+        hue = rng.uniform(0.0, 1.0)
     saturation, value = rng.uniform(0.6, 1.0), rng.uniform(0.7, 1.0)
     return 255.0 * np.array(colorsys.hsv_to_rgb(hue, saturation, value))
 
 
-def draw(kind: str, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+def draw(kind: str, width: int, height: int, rng: np.random.Generator, colour_cue: bool = True) -> np.ndarray:
     """One RGB uint8 image of the given class."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     period = rng.uniform(0.08, 0.2) * min(width, height)
@@ -47,13 +54,14 @@ def draw(kind: str, width: int, height: int, rng: np.random.Generator) -> np.nda
         wave = np.sin(2 * np.pi * (x + sign * y) / (period * 1.4) + phase)
     else:
         raise ValueError(f"unknown demo class {kind!r}")
-    first, second = class_colour(kind, rng), rng.uniform(0, 255, size=3) * 0.5
+    first, second = class_colour(kind, rng, colour_cue), rng.uniform(0, 255, size=3) * 0.5
     mix = (wave[..., None] > 0).astype(np.float32) * 0.8 + 0.1 + 0.1 * wave[..., None]
     image = first * mix + second * (1 - mix) + rng.normal(0, 12, size=(height, width, 3))
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def make_demo_dataset(root: str | Path, counts: dict[str, int] | None = None, seed: int = 0) -> dict[str, Path]:
+def make_demo_dataset(root: str | Path, counts: dict[str, int] | None = None, seed: int = 0,
+                      colour_cue: bool = True) -> dict[str, Path]:
     """Write DATA/{train,val,test}/*.jpg, labels.json (image id -> class) and
     label_encoding.json (class -> index) under `root`. Returns their paths."""
     root = Path(root)
@@ -68,7 +76,7 @@ def make_demo_dataset(root: str | Path, counts: dict[str, int] | None = None, se
                 short = int(rng.integers(160, 400))
                 aspect = float(rng.uniform(0.6, 1.7))
                 width, height = (int(short * aspect), short) if aspect >= 1 else (short, int(short / aspect))
-                image = Image.fromarray(draw(kind, width, height, rng))
+                image = Image.fromarray(draw(kind, width, height, rng, colour_cue))
                 style = int(rng.integers(0, 10))
                 if style == 0:
                     image = image.convert("L")  # grayscale JPEG: DALI still returns 3 channels

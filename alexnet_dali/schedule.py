@@ -31,13 +31,15 @@ def lr_for_batch(lr: float | None, batch_size: int, world_size: int, per_gpu_bat
     global_batch = batch_size * world_size if per_gpu_batch else batch_size
     if lr is None:
         value = PAPER_LR * global_batch / PAPER_BATCH
-        batch = (f"the global batch, {batch_size} per process x {world_size} processes" if per_gpu_batch and world_size > 1
-                 else "the global batch")
+        batch = "the global batch"
+        if per_gpu_batch and world_size > 1:
+            batch += f", {batch_size} per process x {world_size} processes"
         return value, (f"lr {value:g} = {PAPER_LR:g} x {global_batch} / {PAPER_BATCH} (the paper's lr for its batch "
                        f"of {PAPER_BATCH}, scaled to {batch}; --lr sets another)")
     if per_gpu_batch and world_size > 1:
         value = lr * world_size
-        return value, f"lr {value:g} = {lr:g} (--lr, for one process's batch) x {world_size} processes (--per-gpu-batch)"
+        return value, (f"lr {value:g} = {lr:g} (--lr, for one process's batch) x {world_size} processes "
+                       "(--per-gpu-batch)")
     return lr, f"lr {lr:g} (--lr)"
 
 

@@ -330,7 +330,8 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_config(config, out / "config.json", **version, world_size=dist_info.world_size,
-                   global_batch=global_batch, batch_per_process=per_process, lr_effective=lr, lr_rule=lr_why,
+                   global_batch=global_batch, batch_per_process=per_process, lr_effective=lr,
+                   lr_rule=lr_why,  # issue 15: the lr used and why
                    train_images=len(train_split), val_images=len(val_split), classes=list(train_split.classes))
         from torch.utils.tensorboard import SummaryWriter
 
@@ -382,13 +383,15 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
             rank_state = None
             bar = tqdm(total=len(train_loader), initial=progress.step, disable=not dist_info.is_main,
                        desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", dynamic_ncols=True)
-            signum = train_one_epoch(model, criterion, optimizer, train_loader, progress,
-                                     control=control, bar=bar,
-                                     on_first_batch=(lambda images: log_sample_grid(writer, images, pca.mean, epoch))
-                                     if writer is not None and epoch == 0 else None,
-                                     on_checkpoint=lambda p, s: checkpoint(epoch, p, s), precision=config.precision,
-                                     warmup=warmup, on_sync=lambda p, images: stop_if_diverged(epoch, p, images))
-            bar.close()
+            try:
+                signum = train_one_epoch(
+                    model, criterion, optimizer, train_loader, progress, control=control, bar=bar,
+                    on_first_batch=(lambda images: log_sample_grid(writer, images, pca.mean, epoch))
+                    if writer is not None and epoch == 0 else None,
+                    on_checkpoint=lambda p, s: checkpoint(epoch, p, s), precision=config.precision,
+                    warmup=warmup, on_sync=lambda p, images: stop_if_diverged(epoch, p, images))
+            finally:
+                bar.close()  # so that an error's line starts on a line of its own
             lr_now = optimizer.param_groups[0]["lr"]  # the lr of the epoch's last step (warmup moves it within)
             if signum:
                 raise TrainingInterrupted(signum, out / LAST, epoch, progress.step)
