@@ -369,7 +369,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, net: AlexNetModule | None, 
             return
         kept = (f"best.pt holds epoch {history['val_accuracy'].index(best) + 1} (val top-1 {best:.1%})"
                 if best >= 0 else "no epoch finished, so there is no best.pt")
-        advice = divergence_advice(bool(torch.isfinite(images).all()), lr, config.warmup_epochs)
+        advice = divergence_advice(bool(torch.isfinite(images).all()), lr)
         raise TrainingDiverged(f"training stopped in epoch {epoch + 1} at step {progress.step}/{len(train_loader)}: "
                                f"{reason}; {advice}; nothing since was saved ({kept})", epoch, progress.step)
 

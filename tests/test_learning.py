@@ -96,12 +96,12 @@ def test_guard_stops_on_non_finite_loss_and_on_a_blow_up_above_chance():
     assert guard.observe(math.inf) == "the training loss became inf"
     assert guard.observe(17.0) is None  # the first look: below 10 x chance
     guard = DivergenceGuard(num_classes=6)
-    assert guard.observe(18.5) is not None  # above 10 x chance at once
+    assert guard.observe(18.5) == "the training loss rose to 18.5, 10x chance (1.79)"  # 10.3x at once
     guard = DivergenceGuard(num_classes=6)
     for loss in (1.8, 1.2, 0.6, *[0.1] * 20):  # learning, then learnt
         assert guard.observe(loss) is None
     assert guard.observe(1.7) is None  # 17x the median, but no worse than guessing: a wobble
-    assert guard.observe(5.0) == ("the training loss rose to 5, 50x its running median 0.1 "
+    assert guard.observe(5.0) == ("the training loss rose to 5, 50x its running median 0.1, "
                                   "and above chance (1.79)")
 
 
@@ -171,25 +171,63 @@ def test_the_lr_used_is_printed_with_its_reason_and_recorded(sixteen, tmp_path):
     assert json.loads((tmp_path / "run" / "history.json").read_text())["lr"] == [0.0003125]
 
 
-def test_warmup_continues_exactly_across_a_resume(sixteen, tmp_path):
-    """Warmup over 1.5 epochs (6 steps of 4 images): the lr of epoch 1's last step is 4/6 of the
-    peak. Stopping after epoch 1, inside the ramp, and resuming gives the same lr, losses and
-    weights as the run that never stopped."""
-    common = ("--batch-size", "4", "--lr", "1e-3", "--warmup-epochs", "1.5")
-    reference, out = tmp_path / "reference", tmp_path / "run"
-    run_cli(*train_args(sixteen, reference, "--epochs", "3", *common), check=True)
-    first = run_cli(*train_args(sixteen, out, "--epochs", "1", *common), check=True)
-    assert "lr 0.001 (--lr), reached after 6 warmup steps" in first.stdout
-    run_cli(*train_args(sixteen, out, "--epochs", "3", "--resume", *common), check=True)
+WARMUP = ("--batch-size", "4", "--lr", "1e-3", "--warmup-epochs", "2.5")  # 4 steps an epoch: a 10-step ramp
+
+
+@pytest.fixture(scope="module")
+def warmup_reference(sixteen, tmp_path_factory):
+    out = tmp_path_factory.mktemp("warmup") / "reference"
+    run_cli(*train_args(sixteen, out, "--epochs", "3", *WARMUP), check=True)
+    return out
+
+
+def assert_same_run(out, reference):
     ours = json.loads((out / "history.json").read_text())
     uninterrupted = json.loads((reference / "history.json").read_text())
-    assert uninterrupted["lr"] == pytest.approx([1e-3 * 4 / 6, 1e-3, 1e-3])
     assert ours["lr"] == uninterrupted["lr"]
     for key in ("loss", "val_loss"):
         assert ours[key] == pytest.approx(uninterrupted[key], rel=1e-5), key
     mine, theirs = weights(out / "last.pt"), weights(reference / "last.pt")
     for key in theirs:
         torch.testing.assert_close(mine[key], theirs[key], rtol=1e-5, atol=1e-7, msg=key)
+
+
+def test_warmup_continues_exactly_across_a_resume(sixteen, warmup_reference, tmp_path):
+    """The lr of each epoch's last step is 4/10, 8/10, then all of the peak. Stopping after epoch
+    1, inside the ramp, and resuming gives the same lr, losses and weights as the run that never
+    stopped."""
+    uninterrupted = json.loads((warmup_reference / "history.json").read_text())
+    assert uninterrupted["lr"] == pytest.approx([4e-4, 8e-4, 1e-3])
+    out = tmp_path / "run"
+    first = run_cli(*train_args(sixteen, out, "--epochs", "1", *WARMUP), check=True)
+    assert "lr 0.001 (--lr), reached after 10 warmup steps" in first.stdout
+    run_cli(*train_args(sixteen, out, "--epochs", "3", "--resume", *WARMUP), check=True)
+    assert_same_run(out, warmup_reference)
+
+
+def test_warmup_continues_exactly_after_a_mid_epoch_stop(sixteen, warmup_reference, tmp_path):
+    """SIGTERM a step or two into the run: the mid-epoch checkpoint holds the ramp's position,
+    and the resumed run equals the uninterrupted one."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "alexnet_dali", *map(str, train_args(sixteen, out, "--epochs",
+                                                                                           "3", *WARMUP))],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith("TensorBoard:"):
+            break
+    time.sleep(1.0)  # a step or two into epoch 1 (4 steps of ~0.3 s)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["ranks"][0]["step"] % 4 and 0 < state["warmup"]["taken"] < 10, (state["epoch"], state["warmup"])
+    run_cli(*train_args(sixteen, out, "--epochs", "3", "--resume", *WARMUP), check=True)
+    assert_same_run(out, warmup_reference)
 
 
 def weights(path):
@@ -206,7 +244,7 @@ def test_a_run_that_diverges_stops_at_the_next_sync_point_and_saves_nothing_afte
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert lines[0].startswith("error: training stopped in epoch 1 at step 10/12: the training loss became nan; "
-                               "the run diverged: try a lower lr (--lr 0.25; this run's was 1)")
+                               "the run diverged: try a lower lr (--lr 0.1, a tenth of this run's 1)")
     assert "no epoch finished, so there is no best.pt" in lines[0]
     assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "run" / "best.pt").exists()
 
