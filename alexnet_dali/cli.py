@@ -55,7 +55,7 @@ def add_config_options(parser: argparse.ArgumentParser, names, *, defaults: dict
             continue
         base = next((a for a in typing.get_args(hints[name]) if a is not type(None)), hints[name])
         choices = f.metadata.get("choices")
-        if "default" not in help_text:
+        if "default" not in help_text and shown is not None:  # None: the help says what happens
             help_text += f" (default: {shown})"
         parser.add_argument(flag, type=base, default=default, choices=choices, help=help_text,
                             metavar=None if choices else name.upper())

@@ -4,6 +4,7 @@ keyword arguments), passed explicitly, written to the run directory and into eve
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -47,7 +48,10 @@ class TrainConfig:
     # Optimisation (section 5 of the paper)
     batch_size: int = _opt(128, "global batch: images per step summed over all processes")
     per_gpu_batch: bool = _opt(False, "treat --batch-size as per process and scale lr by the world size")
-    lr: float = _opt(0.01, "initial learning rate (for the global batch)")
+    lr: float | None = _opt(None, "initial learning rate for the batch --batch-size names; not given: the paper's "
+                                  "0.01 scaled to the global batch, 0.01 x batch / 128")
+    warmup_epochs: float = _opt(0.0, "epochs (fractions allowed) of linear warmup: lr rises step by step from near 0 "
+                                     "to its value; the plateau rule starts after it (0: none, as in the paper)")
     momentum: float = _opt(0.9, "SGD momentum")
     weight_decay: float = _opt(5e-4, "SGD weight decay")
     lr_patience: int = _opt(5, "epochs without a lower validation error before lr is divided by 10")
@@ -69,17 +73,19 @@ class TrainConfig:
 
     def __post_init__(self):
         check_types(self)
+        check_finite(self)
         if self.device not in DEVICE_CHOICES:
             raise ConfigError(f"device must be {', '.join(DEVICE_CHOICES)}, got {self.device!r}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "prefetch": self.prefetch,
                     "dist_timeout": self.dist_timeout}
         for name, value in positive.items():
-            if value <= 0:
+            if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
         non_negative = {
             "momentum": self.momentum, "weight_decay": self.weight_decay, "lr_patience": self.lr_patience,
             "min_lr": self.min_lr, "lighting": self.lighting, "pca_images": self.pca_images,
             "dali_threads": self.dali_threads, "checkpoint_every": self.checkpoint_every,
+            "warmup_epochs": self.warmup_epochs,
         }
         for name, value in non_negative.items():
             if value < 0:
@@ -114,6 +120,14 @@ def check_types(config) -> None:
         value = getattr(config, f.name)
         if not _matches(value, hints[f.name]):
             raise ConfigError(f"config field {f.name} must be {_describe(hints[f.name])}, got {value!r}")
+
+
+def check_finite(config) -> None:
+    """Raise ConfigError for a NaN or infinite number in any field: no option means either."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number, got {value}")
 
 
 def _matches(value, annotation) -> bool:

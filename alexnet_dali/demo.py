@@ -20,16 +20,28 @@ from PIL import Image
 CLASSES = ("stripes", "columns", "rings", "checks", "diagonals")
 DEFAULT_COUNTS = {"train": 40, "val": 12, "test": 4}  # images per class
 
+# The demo's training options, as measured for issue 15 (figures in README and the issue's note).
+# Five classes make the class-score direction of fc8 touchy: at lr 0.001 (the former demo) the
+# training loss spiked to 3.3x chance in epoch 2 and validation top-1 swung by 10 points late in
+# the run; at 0.0005 (a fifth of 0.01 x 32 / 128) it climbs steadily on seeds 0 and 1 and ends
+# within 1.7 points of its best. A 2-epoch warmup slowed learning without removing the spike, so
+# there is none. Patience 2 lets the plateau rule divide lr by 10 within the 12 epochs.
+DEMO_OPTIONS = {"batch_size": 32, "lr": 0.0005, "lr_patience": 2}
 
-def class_colour(kind: str, rng: np.random.Generator) -> np.ndarray:
+
+def class_colour(kind: str, rng: np.random.Generator, colour_cue: bool = True) -> np.ndarray:
     """A colour from the class's own hue family (so colour, as well as pattern, tells the classes
-    apart: the first cue a freshly initialised AlexNet learns)."""
-    hue = (CLASSES.index(kind) / len(CLASSES) + rng.uniform(-0.05, 0.05)) % 1.0
+    apart: the first cue a freshly initialised AlexNet learns), or without `colour_cue` any hue
+    (then only the pattern does)."""
+    if colour_cue:
+        hue = (CLASSES.index(kind) / len(CLASSES) + rng.uniform(-0.05, 0.05)) % 1.0
+    else:
+        hue = rng.uniform(0.0, 1.0)
     saturation, value = rng.uniform(0.6, 1.0), rng.uniform(0.7, 1.0)
     return 255.0 * np.array(colorsys.hsv_to_rgb(hue, saturation, value))
 
 
-def draw(kind: str, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+def draw(kind: str, width: int, height: int, rng: np.random.Generator, colour_cue: bool = True) -> np.ndarray:
     """One RGB uint8 image of the given class."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     period = rng.uniform(0.08, 0.2) * min(width, height)
@@ -48,13 +60,14 @@ def draw(kind: str, width: int, height: int, rng: np.random.Generator) -> np.nda
         wave = np.sin(2 * np.pi * (x + sign * y) / (period * 1.4) + phase)
     else:
         raise ValueError(f"unknown demo class {kind!r}")
-    first, second = class_colour(kind, rng), rng.uniform(0, 255, size=3) * 0.5
+    first, second = class_colour(kind, rng, colour_cue), rng.uniform(0, 255, size=3) * 0.5
     mix = (wave[..., None] > 0).astype(np.float32) * 0.8 + 0.1 + 0.1 * wave[..., None]
     image = first * mix + second * (1 - mix) + rng.normal(0, 12, size=(height, width, 3))
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def make_demo_dataset(root: str | Path, counts: dict[str, int] | None = None, seed: int = 0) -> dict[str, Path]:
+def make_demo_dataset(root: str | Path, counts: dict[str, int] | None = None, seed: int = 0,
+                      colour_cue: bool = True) -> dict[str, Path]:
     """Write DATA/{train,val,test}/*.jpg, labels.json (image id -> class) and
     label_encoding.json (class -> index) under `root`. Returns their paths."""
     root = Path(root)
@@ -69,7 +82,7 @@ def make_demo_dataset(root: str | Path, counts: dict[str, int] | None = None, se
                 short = int(rng.integers(160, 400))
                 aspect = float(rng.uniform(0.6, 1.7))
                 width, height = (int(short * aspect), short) if aspect >= 1 else (short, int(short / aspect))
-                image = Image.fromarray(draw(kind, width, height, rng))
+                image = Image.fromarray(draw(kind, width, height, rng, colour_cue))
                 style = int(rng.integers(0, 10))
                 if style == 0:
                     image = image.convert("L")  # grayscale JPEG: DALI still returns 3 channels
@@ -82,15 +95,11 @@ def make_demo_dataset(root: str | Path, counts: dict[str, int] | None = None, se
     return paths
 
 
-# Five classes and 200 images: the paper's lr 0.01 (for batch 128 over 1000 classes) blows the
-# freshly initialised net up in its first steps here, so the demo takes batch 32 and lr 0.001.
-DEMO_BATCH, DEMO_LR = 32, 0.001
-
-
 def run_demo(out: str | Path, *, epochs: int, device: str, seed: int) -> int:
-    """`alexnet-dali demo`: make the data set under OUT, train on it, predict its test images."""
+    """`alexnet-dali demo`: make the data set under OUT, train on it, predict its test images with
+    the best model (the last epoch's can be a worse one)."""
     from .api import AlexNet
-    from .checkpoint import CheckpointError
+    from .checkpoint import BEST, CheckpointError
 
     out = Path(out)
     if (out / "run" / "last.pt").exists():
@@ -98,19 +107,22 @@ def run_demo(out: str | Path, *, epochs: int, device: str, seed: int) -> int:
     started = time.perf_counter()
     paths = make_demo_dataset(out / "data", seed=seed)
     print(f"demo data: {paths['data']} (train/val/test JPEGs, labels.json, label_encoding.json)")
-    model = AlexNet(paths["data"], paths["labels"], paths["label_encoding"], batch_size=DEMO_BATCH, lr=DEMO_LR,
-                    device=device, out_dir=out / "run", seed=seed)
-    history = model.fit(epochs=epochs)
-    saved = model.save(out / "model.pt")
+    model = AlexNet(paths["data"], paths["labels"], paths["label_encoding"], device=device, out_dir=out / "run",
+                    seed=seed, **DEMO_OPTIONS)
+    val = model.fit(epochs=epochs)["val_accuracy"]
+    best_epoch = val.index(max(val)) + 1
+    best = AlexNet.load(out / "run" / BEST, device=device, verbose=False)
+    saved = best.save(out / "model.pt")
     tests = sorted((out / "data" / "test").glob("*.jpg"))
-    probabilities = model.predict(tests)
-    hits = sum(model.classes[int(p.argmax())] in t.name for p, t in zip(probabilities, tests))
-    print("\nten-crop predictions on the held-out test images:")
+    probabilities = best.predict(tests)
+    hits = sum(best.classes[int(p.argmax())] in t.name for p, t in zip(probabilities, tests))
+    print(f"\nten-crop predictions on the held-out test images by the best model "
+          f"(best.pt: epoch {best_epoch}, val top-1 {max(val):.1%}):")
     for path, p in list(zip(tests, probabilities))[:5]:
-        print(f"  {path.name:28s} -> {model.classes[int(p.argmax())]} ({p.max():.0%})")
+        print(f"  {path.name:28s} -> {best.classes[int(p.argmax())]} ({p.max():.0%})")
     print(f"  ... {hits}/{len(tests)} test images right")
-    print(f"\nvalidation top-1 {history['val_accuracy'][-1]:.1%} after {len(history['loss'])} epochs "
-          f"(chance: {1 / len(model.classes):.0%}); {time.perf_counter() - started:.0f} s in all")
+    print(f"\nvalidation top-1: best {max(val):.1%} (epoch {best_epoch}), final {val[-1]:.1%} after {len(val)} epochs "
+          f"(chance: {1 / len(best.classes):.0%}); {time.perf_counter() - started:.0f} s in all")
     print(f"run directory: {model.config.out} (history.json, last.pt, best.pt, tensorboard/)")
-    print(f"saved model: {saved}; try: alexnet-dali predict {saved} {tests[0]}")
+    print(f"saved model (the best, epoch {best_epoch}): {saved}; try: alexnet-dali predict {saved} {tests[0]}")
     return 0

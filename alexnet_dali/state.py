@@ -67,14 +67,16 @@ class TrainState:
     global_batch: int | None = None
     ranks: list = field(default_factory=list)  # per rank: reader, RNG, partial-epoch counts (mid-epoch resume)
     version: dict = field(default_factory=dict)  # package version and commit that wrote it
+    guard: dict | None = None  # the divergence guard's memory of the recent losses
 
     def to_dict(self) -> dict:
         values = {**self.bundle.to_dict(), "config": self.config, "epoch": self.epoch, "history": self.history,
                   "global_batch": self.global_batch, "ranks": self.ranks, "world_size": len(self.ranks) or None,
                   **self.version}
-        for name in ("optimizer", "scheduler", "warmup"):
+        for name, key in (("optimizer", "optimizer"), ("scheduler", "scheduler"), ("warmup", "warmup"),
+                          ("guard", "divergence_guard")):
             if getattr(self, name) is not None:
-                values[name] = getattr(self, name)
+                values[key] = getattr(self, name)
         return values
 
     @classmethod
@@ -85,11 +87,12 @@ class TrainState:
                    history={key: list(history.get(key, [])) for key in HISTORY_KEYS},
                    optimizer=values.get("optimizer"), scheduler=values.get("scheduler"), warmup=values.get("warmup"),
                    global_batch=values.get("global_batch"), ranks=list(values.get("ranks") or []),
-                   version={k: values[k] for k in ("package_version", "commit") if k in values})
+                   version={k: values[k] for k in ("package_version", "commit") if k in values},
+                   guard=values.get("divergence_guard"))
 
     def model_only(self) -> TrainState:
         """What `AlexNet.save` writes: no optimiser, scheduler or rank states (half the size)."""
-        return replace(self, optimizer=None, scheduler=None, warmup=None, ranks=[])
+        return replace(self, optimizer=None, scheduler=None, warmup=None, ranks=[], guard=None)
 
     @property
     def resumable(self) -> bool:

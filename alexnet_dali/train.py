@@ -33,6 +33,7 @@ from .log import logger
 from .metrics import Counts, EpochMetrics, append
 from .model import AlexNetModule
 from .placement import Placement, place
+from .schedule import DivergenceGuard, TrainingDiverged, Warmup, divergence_advice, lr_for_batch
 from .prepare import PreparedData, prepare_data
 from .state import ModelBundle, TrainState, state_from_checkpoint
 from .visualize import log_sample_grid
@@ -128,14 +129,17 @@ class EpochProgress:
 
 
 def train_one_epoch(model, criterion, optimizer, loader: DaliLoader, progress: EpochProgress, *, precision: str,
-                    control: StepControl, on_checkpoint, bar, on_first_batch=None) -> int:
-    """Train over the rest of one epoch. Returns 0, or the signal that stopped it early."""
+                    warmup: Warmup, control: StepControl, on_sync, on_checkpoint, bar, on_first_batch=None) -> int:
+    """Train over the rest of one epoch. Returns 0, or the signal that stopped it early.
+    `on_sync(progress, images)` runs at each sync point and before each checkpoint (the divergence
+    guard: it raises TrainingDiverged, so a blown-up model is never saved)."""
     model.train()
     start = time.perf_counter()
     for images, labels in loader:
         if on_first_batch is not None:  # the TensorBoard sample grid: the inputs as the network sees them
             on_first_batch(images)
             on_first_batch = None
+        warmup.step()  # the lr of this step while warming up
         with autocast(images.device, precision):
             logits = model(images)
             loss = criterion(logits, labels)
@@ -145,10 +149,13 @@ def train_one_epoch(model, criterion, optimizer, loader: DaliLoader, progress: E
         progress.counts.add(logits.detach(), labels, loss.detach() * labels.numel())
         progress.step += 1
         bar.update(1)
-        if progress.step % SYNC_EVERY == 0 or progress.step == len(loader):
+        synced = progress.step % SYNC_EVERY == 0 or progress.step == len(loader)
+        if synced:
             elapsed = progress.seconds + time.perf_counter() - start
             bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{progress.counts.images / elapsed:.1f}")
         save_now, signum = control.poll(progress.step, len(loader))
+        if synced or save_now:
+            on_sync(progress, images)
         if save_now:
             on_checkpoint(progress, progress.seconds + time.perf_counter() - start)
             control.checkpointed()
@@ -162,14 +169,15 @@ def train_one_epoch(model, criterion, optimizer, loader: DaliLoader, progress: E
 
 def batch_plan(config: TrainConfig, world_size: int) -> tuple[int, int, float]:
     """(images per process, global batch, lr). By default --batch-size is the global batch, split
-    over the processes; with per_gpu_batch it is per process and lr grows linearly with the
-    number of processes (Goyal et al., 2017)."""
+    over the processes; with per_gpu_batch it is per process. The lr follows the global batch
+    (schedule.lr_for_batch: linear scaling, Goyal et al., 2017)."""
+    lr = lr_for_batch(config.lr, config.batch_size, world_size, config.per_gpu_batch)[0]
     if config.per_gpu_batch:
-        return config.batch_size, config.batch_size * world_size, config.lr * world_size
+        return config.batch_size, config.batch_size * world_size, lr
     if config.batch_size % world_size:
         raise ConfigError(f"the global batch {config.batch_size} does not split evenly over {world_size} processes; "
                           f"pick a multiple of {world_size} or use --per-gpu-batch")
-    return config.batch_size // world_size, config.batch_size, config.lr
+    return config.batch_size // world_size, config.batch_size, lr
 
 
 def start_process(config: TrainConfig) -> tuple[DistInfo, Placement]:
@@ -323,7 +331,9 @@ class Run:
     rank_state: dict | None  # this rank's reader, RNG and partial-epoch state, resuming mid-epoch
     global_batch: int
     version: dict
-    writer: object | None  # TensorBoard's SummaryWriter, on the main process
+    warmup: Warmup
+    guard: DivergenceGuard
+    writer: object | None = None  # TensorBoard's SummaryWriter, on the main process
     ranks: list | None = None  # every rank's state at the last checkpoint
 
     @property
@@ -332,7 +342,23 @@ class Run:
 
     def state(self, epoch: int, ranks: list | None = None) -> TrainState:
         return TrainState(self.bundle, self.config.to_dict(), epoch, self.history, self.optimizer.state_dict(),
-                          self.scheduler.state_dict(), None, self.global_batch, ranks or [], self.version)
+                          self.scheduler.state_dict(), self.warmup.state_dict(), self.global_batch, ranks or [],
+                          self.version, self.guard.state_dict())
+
+    def stop_if_diverged(self, epoch: int, progress: EpochProgress, images: torch.Tensor) -> None:
+        """Every rank sees the same summed totals, so all stop together, before anything is saved."""
+        loss_sum, _, _, count = distributed.all_reduce_sum(progress.counts.values.clone()).tolist()
+        reason = self.guard.check(epoch, loss_sum, count)
+        if reason is None:
+            return
+        finite = [(top1, i) for i, (top1, loss) in
+                  enumerate(zip(self.history["val_accuracy"], self.history["val_loss"])) if math.isfinite(loss)]
+        kept = (f"best.pt holds epoch {max(finite)[1] + 1} (val top-1 {max(finite)[0]:.1%})" if finite
+                else "no epoch finished, so there is no best.pt")
+        advice = divergence_advice(bool(torch.isfinite(images).all()), self.warmup.peak_lr)
+        raise TrainingDiverged(f"training stopped in epoch {epoch + 1} at step {progress.step}/"
+                               f"{len(self.train_loader)}: {reason}; {advice}; nothing since was saved ({kept})",
+                               epoch, progress.step)
 
     def checkpoint(self, epoch: int, progress: EpochProgress | None = None, seconds: float = 0.0) -> Path:
         """All ranks call this (they gather their states); rank 0 writes last.pt."""
@@ -382,10 +408,16 @@ def build_run(config: TrainConfig, state: TrainState, data: PreparedData, dist: 
                                    state=rank_state and rank_state["dali"])
     val_loader = evaluation_loader(data.val, data.pca, placement, dist, batch_size=per_process,
                                    prefetch=config.prefetch)
+    warmup = Warmup.for_epochs(optimizer, lr, config.warmup_epochs, len(train_loader))
+    guard = DivergenceGuard(len(data.train.classes))
+    if state.optimizer is not None:  # continuing: the ramp and the guard's memory go on where they were
+        warmup.load_state_dict(state.warmup)
+        warmup.peak_lr = lr  # a --lr changed on resume is the lr from now on
+        guard.load_state_dict(state.guard)
     bundle = ModelBundle(net, data.pca, data.train.classes, data.train.class_names, config.precision)
     run = Run(config, dist, placement, data, bundle, model, optimizer, scheduler, train_loader, val_loader,
               {key: list(values) for key, values in state.history.items()}, state.epoch, rank_state, global_batch,
-              code_version(), None)
+              code_version(), warmup, guard)
     if dist.is_main:
         start_logs(run, per_process, lr)
     return run
@@ -407,13 +439,15 @@ def start_logs(run: Run, per_process: int, lr: float) -> None:
 
     config, data, out = run.config, run.data, run.out
     out.mkdir(parents=True, exist_ok=True)
+    lr_rule = lr_for_batch(config.lr, config.batch_size, run.dist.world_size, config.per_gpu_batch)[1]
     write_config(config, out / "config.json", **run.version, world_size=run.dist.world_size,
-                 global_batch=run.global_batch, batch_per_process=per_process, lr_effective=lr,
+                 global_batch=run.global_batch, batch_per_process=per_process, lr_effective=lr, lr_rule=lr_rule,
                  train_images=len(data.train), val_images=len(data.val), classes=list(data.train.classes))
     run.writer = SummaryWriter(str(out / "tensorboard"), purge_step=run.start_epoch)
     logger.info(f"training on {len(data.train)} images ({len(data.train.classes)} classes), validating on "
                 f"{len(data.val)}; {run.dist.world_size} process(es) on {run.placement.device.type}, "
                 f"global batch {run.global_batch}; run directory {out}")
+    logger.info(lr_rule + (f", reached after {run.warmup.steps} warmup steps" if run.warmup.steps else ""))
     logger.info(f"TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
 
 
@@ -422,8 +456,10 @@ def end_epoch(run: Run, epoch: int, metrics: EpochMetrics) -> None:
     path = run.checkpoint(epoch + 1)
     if not run.dist.is_main:
         return
-    if metrics.val_accuracy > max(run.history["val_accuracy"][:-1], default=-1.0):
-        link(path, run.out / BEST)
+    finite = [top1 for top1, loss in zip(run.history["val_accuracy"][:-1], run.history["val_loss"][:-1])
+              if math.isfinite(loss)]
+    if math.isfinite(metrics.val_loss) and metrics.val_accuracy > max(finite, default=-1.0):
+        link(path, run.out / BEST)  # never a model whose validation loss is NaN
     write_json(run.history, run.out / "history.json", indent=2)
     metrics.write(run.writer, epoch + 1)
     run.writer.flush()
@@ -453,15 +489,16 @@ def train(config: TrainConfig, state: TrainState | None = None, *, data: Prepare
         for epoch in range(run.start_epoch, config.epochs):
             progress = EpochProgress.resumed(run.rank_state, placement.device)
             run.rank_state = None
-            lr = run.optimizer.param_groups[0]["lr"]
             sample_grid = (lambda images: log_sample_grid(run.writer, images, data.pca.mean, epoch)) \
                 if run.writer is not None and epoch == 0 else None
             with tqdm(total=len(run.train_loader), initial=progress.step, disable=not dist.is_main,
                       desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", dynamic_ncols=True) as bar:
                 signum = train_one_epoch(run.model, criterion, run.optimizer, run.train_loader, progress,
-                                         precision=config.precision, control=control, bar=bar,
+                                         precision=config.precision, warmup=run.warmup, control=control, bar=bar,
+                                         on_sync=lambda p, images: run.stop_if_diverged(epoch, p, images),
                                          on_checkpoint=lambda p, s: run.checkpoint(epoch, p, s),
                                          on_first_batch=sample_grid)
+            lr = run.optimizer.param_groups[0]["lr"]  # the lr of the epoch's last step (warmup moves it within)
             if signum:
                 raise TrainingInterrupted(signum, run.out / LAST, epoch, progress.step)
             counts = progress.counts.summed()
@@ -471,12 +508,11 @@ def train(config: TrainConfig, state: TrainState | None = None, *, data: Prepare
             if val.images != len(data.val) and dist.is_main:
                 logger.warning(f"validation counted {val.images} images, the split has {len(data.val)}")
             metrics = EpochMetrics(loss, top1, top5, *val.rates(), lr, images_per_sec)
-            run.scheduler.step(1.0 - metrics.val_accuracy)  # section 5: lr / 10 when validation error stops improving
+            if not run.warmup.active:  # the plateau rule starts counting after warmup (schedule.py)
+                run.scheduler.step(1.0 - metrics.val_accuracy)  # section 5: lr / 10 when validation error stalls
             append(run.history, metrics)
             end_epoch(run, epoch, metrics)
             control.checkpointed()
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss} in epoch {epoch + 1}; lower --lr")
     if run.writer is not None:
         run.writer.close()
     if run.ranks is None:  # nothing left to train

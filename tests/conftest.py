@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -138,6 +139,15 @@ def run_cli(*args, cwd=None, env=None, timeout=600, check=False) -> subprocess.C
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
     return result
+
+
+def wait_for_progress(process: subprocess.Popen, text: str, timeout: float = 120) -> None:
+    """Read the progress bar (stderr, redrawn with carriage returns) until it shows `text`."""
+    deadline, seen = time.monotonic() + timeout, ""
+    while text not in seen:
+        char = process.stderr.read(1)
+        assert char and time.monotonic() < deadline, f"no {text!r} in the progress bar: {seen[-500:]!r}"
+        seen = seen[-200:] + char
 
 
 def torchrun(*args, nproc=2, env=None, max_restarts=0, timeout=300, popen=False):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from alexnet_dali.checkpoint import CheckpointError, load_checkpoint
-from conftest import layout_args, make_original_layout, run_cli, train_args, write_image
+from conftest import layout_args, make_original_layout, run_cli, train_args, wait_for_progress, write_image
 
 
 @pytest.fixture
@@ -124,15 +124,6 @@ def test_sigkill_right_after_a_checkpoint_then_resume(sixteen, tmp_path):
     history = json.loads((out / "history.json").read_text())
     assert {k: len(v) for k, v in history.items()} == {k: 3 for k in history}
     assert load_checkpoint(out / "last.pt")["epoch"] == 3
-
-
-def wait_for_progress(process: subprocess.Popen, text: str, timeout: float = 120) -> None:
-    """Read the progress bar (stderr, redrawn with carriage returns) until it shows `text`."""
-    deadline, seen = time.monotonic() + timeout, ""
-    while text not in seen:
-        char = process.stderr.read(1)
-        assert char and time.monotonic() < deadline, f"no {text!r} in the progress bar: {seen[-500:]!r}"
-        seen = seen[-200:] + char
 
 
 def weights(path):

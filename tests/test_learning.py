@@ -1,0 +1,271 @@
+"""Training that learns on a small set of one's own (issue 15), and divergence stopped when it
+happens (issue 13, point 8): the lr for the batch, linear warmup, the divergence guard."""
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from alexnet_dali.config import ConfigError, TrainConfig
+from alexnet_dali.schedule import DivergenceGuard, Warmup, lr_for_batch
+from conftest import layout_args, make_original_layout, run_cli, wait_for_progress
+
+# -- The lr for the batch ---------------------------------------------------------------------
+
+
+def test_lr_is_the_papers_scaled_to_the_global_batch_unless_given():
+    assert lr_for_batch(None, 128, 1, False)[0] == 0.01  # the paper's batch, the paper's lr
+    lr, why = lr_for_batch(None, 16, 1, False)
+    assert lr == 0.01 * 16 / 128 and why.startswith("lr 0.00125 = 0.01 x 16 / 128")
+    assert lr_for_batch(None, 64, 4, False)[0] == 0.005  # global 64, whatever the number of processes
+    lr, why = lr_for_batch(None, 64, 4, True)  # --per-gpu-batch: global 256
+    assert lr == 0.02 and "0.01 x 256 / 128" in why and "64 per process x 4 processes" in why
+    assert lr_for_batch(0.003, 16, 1, False) == (0.003, "lr 0.003 (--lr)")  # given: it wins
+    lr, why = lr_for_batch(0.003, 16, 4, True)  # given for one process's batch, four processes
+    assert lr == pytest.approx(0.012) and "x 4 processes" in why
+
+
+FLOAT_FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if "float" in str(f.type)]
+
+
+@pytest.mark.parametrize("name", FLOAT_FIELDS)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_every_float_option_refuses_nan_and_infinity(name, value):
+    with pytest.raises(ConfigError, match=rf"^{name} must be a finite number, got {value}$"):
+        TrainConfig(**{name: value})
+
+
+def test_cli_refuses_nan_options_with_one_line(tmp_path):
+    for option in ("--lr", "--momentum", "--checkpoint-every", "--lighting", "--warmup-epochs"):
+        result = run_cli("train", tmp_path, option, "nan", "--out", tmp_path / "run")
+        assert result.returncode == 2, option
+        assert result.stderr.strip() == f"error: {option[2:].replace('-', '_')} must be a finite number, got nan"
+
+
+# -- Warmup -------------------------------------------------------------------------------------
+
+
+def sgd(lr: float) -> torch.optim.SGD:
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr, momentum=0.9)
+
+
+def lrs_of_steps(optimizer, warmup: Warmup, steps: int) -> list[float]:
+    seen = []
+    for _ in range(steps):
+        warmup.step()
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+    return seen
+
+
+def test_warmup_rises_linearly_per_step_then_leaves_the_lr_alone():
+    optimizer = sgd(0.1)
+    warmup = Warmup.for_epochs(optimizer, 0.1, epochs=0.5, steps_per_epoch=7)  # 3.5 steps: 4
+    assert warmup.steps == 4
+    assert lrs_of_steps(optimizer, warmup, 6) == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+    assert not warmup.active
+    optimizer.param_groups[0]["lr"] = 0.01  # what ReduceLROnPlateau does after warmup: it stays
+    assert lrs_of_steps(optimizer, warmup, 2) == [0.01, 0.01]
+    none = Warmup.for_epochs(sgd(0.1), 0.1, epochs=0.0, steps_per_epoch=7)
+    assert none.steps == 0 and not none.active
+
+
+def test_warmup_state_continues_the_ramp_where_it_stopped():
+    reference_optimizer = sgd(0.2)
+    reference = lrs_of_steps(reference_optimizer, Warmup(reference_optimizer, 0.2, 10), 12)
+    first_optimizer = sgd(0.2)
+    first = Warmup(first_optimizer, 0.2, 10)
+    before = lrs_of_steps(first_optimizer, first, 3)
+    optimizer = sgd(0.2)
+    resumed = Warmup(optimizer, 0.2, 10)
+    resumed.load_state_dict(first.state_dict())
+    assert before + lrs_of_steps(optimizer, resumed, 9) == reference
+    old = Warmup(sgd(0.2), 0.2, 10)
+    old.load_state_dict(None)  # a checkpoint from before warmup existed: its run is past its start
+    assert not old.active
+
+
+# -- The divergence guard -----------------------------------------------------------------------
+
+
+def test_guard_stops_on_non_finite_loss_and_on_a_blow_up_above_chance():
+    guard = DivergenceGuard(num_classes=6)  # chance: ln 6 = 1.79
+    assert guard.observe(math.nan) == "the training loss became nan"
+    assert guard.observe(math.inf) == "the training loss became inf"
+    assert guard.observe(17.0) is None  # the first look: below 10 x chance
+    guard = DivergenceGuard(num_classes=6)
+    assert guard.observe(18.5) == "the training loss rose to 18.5, 10x chance (1.79)"  # 10.3x at once
+    guard = DivergenceGuard(num_classes=6)
+    for loss in (1.8, 1.2, 0.6, *[0.1] * 20):  # learning, then learnt
+        assert guard.observe(loss) is None
+    assert guard.observe(1.7) is None  # 17x the median, but no worse than guessing: a wobble
+    assert guard.observe(5.0) == ("the training loss rose to 5, 50x its running median 0.1, "
+                                  "and above chance (1.79)")
+
+
+def test_guard_looks_at_each_stretch_between_sync_points():
+    guard = DivergenceGuard(num_classes=2)
+    assert guard.check(epoch=0, loss_sum=10 * 0.7, images=10) is None
+    assert guard.check(epoch=0, loss_sum=20 * 0.7, images=20) is None
+    # the next ten images alone average 50: a blow-up, though the epoch's mean is only 25.4
+    assert guard.check(epoch=0, loss_sum=20 * 0.7 + 10 * 50, images=30) is not None
+    guard = DivergenceGuard(num_classes=2)
+    guard.check(epoch=0, loss_sum=7.0, images=10)
+    assert guard.check(epoch=1, loss_sum=6.0, images=10) is None  # a new epoch restarts the totals
+    restored = DivergenceGuard(num_classes=2)
+    restored.load_state_dict(guard.state_dict())
+    assert restored.state_dict() == guard.state_dict()
+
+
+# -- Learning on a small set of one's own --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """`alexnet-dali train` with the defaults at batch 16 (lr 0.00125 by the batch rule) for six
+    epochs on the demo's five pattern classes, 16 training images each: 5 steps an epoch."""
+    from alexnet_dali.demo import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("small-set")
+    paths = make_demo_dataset(root / "data", counts={"train": 16, "val": 6}, seed=0)
+    layout = {"data": paths["data"], "labels": paths["labels"], "label_encoding": paths["label_encoding"]}
+    run_cli(*train_args(layout, root / "run", "--batch-size", "16", "--epochs", "6"), check=True)
+    return json.loads((root / "run" / "history.json").read_text())
+
+
+def test_the_defaults_at_batch_16_learn_a_small_set(default_run):
+    """Measured: validation top-1 20, 20, 37, 57, 63, 83% (chance 20%). With the paper's lr 0.01
+    at this batch (the default before issue 15) the run blows up in epoch 1 and sits at chance."""
+    chance = 1 / 5
+    assert max(default_run["val_accuracy"]) >= 2.5 * chance
+    assert default_run["val_accuracy"][-1] > chance and default_run["loss"][-1] < math.log(5)
+
+
+@pytest.mark.xfail(strict=True, reason="measured (issue 15): at the paper's init and the default lr every few-class "
+                                       "set tried spikes in epochs 2-4 (here 8.3 = 5.2x chance); warmup does not "
+                                       "remove it, and an lr low enough to does not learn within a test's time")
+def test_no_epoch_after_the_first_spikes_above_twice_chance(default_run):
+    assert max(default_run["loss"][1:]) <= 2 * math.log(5)
+
+
+# -- Runs: the lr they print and record, warmup across a resume, divergence ----------------------
+
+
+def train_args(layout, out, *extra):
+    """conftest.train_args without its --batch-size and --lr: these tests set them, or test the defaults."""
+    return ["train", *layout_args(layout), "--out", out, "--device", "cpu", "--dali-threads", "1", *map(str, extra)]
+
+
+@pytest.fixture(scope="module")
+def sixteen(tmp_path_factory):
+    return make_original_layout(tmp_path_factory.mktemp("learning") / "data", per_split={"train": 16, "val": 4})
+
+
+def test_the_lr_used_is_printed_with_its_reason_and_recorded(sixteen, tmp_path):
+    result = run_cli(*train_args(sixteen, tmp_path / "run", "--batch-size", "4", "--epochs", "1"), check=True)
+    assert "lr 0.0003125 = 0.01 x 4 / 128" in result.stdout
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["lr"] is None and config["lr_effective"] == 0.0003125
+    assert config["lr_rule"].startswith("lr 0.0003125 = 0.01 x 4 / 128")
+    assert json.loads((tmp_path / "run" / "history.json").read_text())["lr"] == [0.0003125]
+
+
+WARMUP = ("--batch-size", "4", "--lr", "1e-3", "--warmup-epochs", "2.5")  # 4 steps an epoch: a 10-step ramp
+
+
+@pytest.fixture(scope="module")
+def warmup_reference(sixteen, tmp_path_factory):
+    out = tmp_path_factory.mktemp("warmup") / "reference"
+    run_cli(*train_args(sixteen, out, "--epochs", "3", *WARMUP), check=True)
+    return out
+
+
+def assert_same_run(out, reference):
+    ours = json.loads((out / "history.json").read_text())
+    uninterrupted = json.loads((reference / "history.json").read_text())
+    assert ours["lr"] == uninterrupted["lr"]
+    for key in ("loss", "val_loss"):
+        assert ours[key] == pytest.approx(uninterrupted[key], rel=1e-5), key
+    mine, theirs = weights(out / "last.pt"), weights(reference / "last.pt")
+    for key in theirs:
+        torch.testing.assert_close(mine[key], theirs[key], rtol=1e-5, atol=1e-7, msg=key)
+
+
+def test_warmup_continues_exactly_across_a_resume(sixteen, warmup_reference, tmp_path):
+    """The lr of each epoch's last step is 4/10, 8/10, then all of the peak. Stopping after epoch
+    1, inside the ramp, and resuming gives the same lr, losses and weights as the run that never
+    stopped."""
+    uninterrupted = json.loads((warmup_reference / "history.json").read_text())
+    assert uninterrupted["lr"] == pytest.approx([4e-4, 8e-4, 1e-3])
+    out = tmp_path / "run"
+    first = run_cli(*train_args(sixteen, out, "--epochs", "1", *WARMUP), check=True)
+    assert "lr 0.001 (--lr), reached after 10 warmup steps" in first.stdout
+    run_cli(*train_args(sixteen, out, "--epochs", "3", "--resume", *WARMUP), check=True)
+    assert_same_run(out, warmup_reference)
+
+
+def test_warmup_continues_exactly_after_a_mid_epoch_stop(sixteen, warmup_reference, tmp_path):
+    """SIGTERM a step or two into the run: the mid-epoch checkpoint holds the ramp's position,
+    and the resumed run equals the uninterrupted one."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "alexnet_dali", *map(str, train_args(sixteen, out, "--epochs",
+                                                                                           "3", *WARMUP))],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_progress(process, "| 1/4")  # the first of epoch 1's four steps is done, whatever a step takes
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["ranks"][0]["step"] % 4 and 0 < state["warmup"]["taken"] < 10, (state["epoch"], state["warmup"])
+    run_cli(*train_args(sixteen, out, "--epochs", "3", "--resume", *WARMUP), check=True)
+    assert_same_run(out, warmup_reference)
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_a_run_that_diverges_stops_at_the_next_sync_point_and_saves_nothing_after(tmp_path):
+    """lr 1 at batch 2: the loss reaches 1e10 in the second step and NaN by the fourth (measured).
+    12 steps an epoch: the guard stops the run at step 10, the first sync point, not at the
+    epoch's end, and writes no checkpoint of the blown-up weights."""
+    layout = make_original_layout(tmp_path / "data", per_split={"train": 24, "val": 4})
+    result = run_cli(*train_args(layout, tmp_path / "run", "--batch-size", "2", "--lr", "1", "--epochs", "2"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith("error: training stopped in epoch 1 at step 10/12: the training loss became nan; "
+                               "the run diverged: try a lower lr (--lr 0.1, a tenth of this run's 1)")
+    assert "no epoch finished, so there is no best.pt" in lines[0]
+    assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_nan_inputs_stop_the_run_with_advice_about_the_inputs_and_best_pt_survives(sixteen, tmp_path):
+    """Epoch 1 trains; then the PCA cache is damaged (JSON allows NaN) and the run resumes: every
+    input pixel is NaN. The run stops at epoch 2's first sync point, says the inputs are at fault,
+    not the lr, and saves nothing: last.pt and best.pt still hold epoch 1, finite."""
+    out = tmp_path / "run"
+    run_cli(*train_args(sixteen, out, "--batch-size", "4", "--lr", "1e-3", "--epochs", "1"), check=True)
+    best_before = (out / "best.pt").read_bytes()
+    (cached,) = (sixteen["data"] / ".alexnet-dali").glob("pca-*.json")
+    healthy = cached.read_text()
+    cached.write_text(json.dumps({**json.loads(healthy), "mean": [math.nan] * 3}))
+    try:
+        result = run_cli(*train_args(sixteen, out, "--batch-size", "4", "--lr", "1e-3", "--epochs", "2", "--resume"))
+    finally:
+        cached.write_text(healthy)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: training stopped in epoch 2 at step 4/4: the training loss became nan; "
+                           "the input images themselves hold NaN")
+    assert "--lr" not in line and "best.pt holds epoch 1" in line
+    assert (out / "best.pt").read_bytes() == best_before
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(out / name, weights_only=True)
+        assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
