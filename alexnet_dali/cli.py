@@ -172,7 +172,8 @@ def run_train(args) -> int:
     from .log import setup_logging
     from .rundir import hold_run_dir
     from .scan import ScanInterrupted
-    from .train import resume_state, resumed_config, start_process, train
+    from .resume import resume_state, resumed_config
+    from .train import start_process, train
 
     config = config_from_args(args)
     dist, placement = start_process(config)

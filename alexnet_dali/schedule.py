@@ -1,7 +1,7 @@
 """The learning rate beside the paper's plateau rule: the lr for a batch, linear warmup, and the
 guard that stops a run whose loss blows up.
 
-    lr, why = lr_for_batch(config.lr, config.batch_size, world_size, config.per_gpu_batch)
+    per_process, global_batch, lr = batch_plan(config, world_size)
     warmup = Warmup.for_epochs(optimizer, lr, config.warmup_epochs, steps_per_epoch)
     warmup.step()                                    # before each optimiser step
     reason = guard.check(epoch, loss_sum, images)    # at each sync point: None, or why to stop
@@ -25,9 +25,22 @@ import math
 from collections import deque
 from statistics import median
 
-from .config import ConfigError
+from .config import ConfigError, TrainConfig
 
 PAPER_LR, PAPER_BATCH = 0.01, 128  # section 5: lr 0.01 for a batch of 128
+
+
+def batch_plan(config: TrainConfig, world_size: int) -> tuple[int, int, float]:
+    """(images per process, global batch, lr). By default --batch-size is the global batch, split
+    over the processes; with per_gpu_batch it is per process. The lr follows the global batch
+    (schedule.lr_for_batch: linear scaling, Goyal et al., 2017)."""
+    lr = lr_for_batch(config.lr, config.batch_size, world_size, config.per_gpu_batch)[0]
+    if config.per_gpu_batch:
+        return config.batch_size, config.batch_size * world_size, lr
+    if config.batch_size % world_size:
+        raise ConfigError(f"the global batch {config.batch_size} does not split evenly over {world_size} processes; "
+                          f"pick a multiple of {world_size} or use --per-gpu-batch")
+    return config.batch_size // world_size, config.batch_size, lr
 
 
 def lr_for_batch(lr: float | None, batch_size: int, world_size: int, per_gpu_batch: bool) -> tuple[float, str]:

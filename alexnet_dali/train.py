@@ -3,7 +3,7 @@
     train(config, state) -> state: build the run (model, SGD, ReduceLROnPlateau, loaders) from a
     state (None: a new model), then for each epoch: train_one_epoch -> evaluate -> lr schedule
     -> checkpoint, history, TensorBoard. The API keeps the state in memory between calls; the
-    CLI and torchrun restarts read it from the run directory (`resume_state`).
+    CLI and torchrun restarts read it from the run directory (resume.py).
 
 Only the main process (rank 0) writes files and shows progress; metrics are all-reduced counts.
 """
@@ -23,8 +23,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__, distributed
-from .checkpoint import BEST, LAST, CheckpointError, link, newest_valid_checkpoint, save_checkpoint
-from .config import ConfigError, TrainConfig, write_config
+from .checkpoint import BEST, LAST, CheckpointError, link, save_checkpoint
+from .config import TrainConfig, write_config
 from .distributed import DistInfo
 from .evaluate import autocast, evaluate
 from .jsonio import write_json
@@ -33,9 +33,10 @@ from .log import logger
 from .metrics import Counts, EpochMetrics, append
 from .model import AlexNetModule
 from .placement import Placement, place
-from .schedule import DivergenceGuard, TrainingDiverged, Warmup, divergence_advice, lr_for_batch
+from .schedule import DivergenceGuard, TrainingDiverged, Warmup, batch_plan, divergence_advice, lr_for_batch
 from .prepare import PreparedData, prepare_data
-from .state import ModelBundle, TrainState, state_from_checkpoint
+from .resume import apply_resume_changes, check_resume
+from .state import ModelBundle, TrainState
 from .visualize import log_sample_grid
 
 # Steps between the loop's host-device syncs (the progress bar's numbers; under DDP, the ranks'
@@ -167,19 +168,6 @@ def train_one_epoch(model, criterion, optimizer, loader: DaliLoader, progress: E
 
 # -- Set-up ----------------------------------------------------------------------------------
 
-def batch_plan(config: TrainConfig, world_size: int) -> tuple[int, int, float]:
-    """(images per process, global batch, lr). By default --batch-size is the global batch, split
-    over the processes; with per_gpu_batch it is per process. The lr follows the global batch
-    (schedule.lr_for_batch: linear scaling, Goyal et al., 2017)."""
-    lr = lr_for_batch(config.lr, config.batch_size, world_size, config.per_gpu_batch)[0]
-    if config.per_gpu_batch:
-        return config.batch_size, config.batch_size * world_size, lr
-    if config.batch_size % world_size:
-        raise ConfigError(f"the global batch {config.batch_size} does not split evenly over {world_size} processes; "
-                          f"pick a multiple of {world_size} or use --per-gpu-batch")
-    return config.batch_size // world_size, config.batch_size, lr
-
-
 def start_process(config: TrainConfig) -> tuple[DistInfo, Placement]:
     """This process's ranks and placement, in the process group where there is one (joined once
     per process, however many runs it trains)."""
@@ -196,108 +184,6 @@ def new_state(config: TrainConfig, data: PreparedData) -> TrainState:
     net = AlexNetModule(len(data.train.classes), config.groups, config.dropout)
     bundle = ModelBundle(net, data.pca, data.train.classes, data.train.class_names, config.precision)
     return TrainState(bundle, config.to_dict())
-
-
-def resume_state(config: TrainConfig) -> TrainState | None:
-    """The CLI's and torchrun's path: the run directory's newest checkpoint when --resume is given
-    or torchrun restarted this worker; None for a new run."""
-    restarted = distributed.restarted()  # counted by this node's agent or not
-    found = newest_valid_checkpoint(config.out)
-    if found is None:
-        # A torchrun restart before the first checkpoint starts afresh; --resume by hand means the
-        # user expects a run there (a typo in --out must not quietly start another from scratch).
-        if config.resume and not restarted:
-            raise CheckpointError(f"--resume was given, but {config.out} holds no checkpoint (last.pt or previous.pt)"
-                                  "; check --out, or leave out --resume to start a new run")
-        return None
-    if not (config.resume or restarted):
-        raise CheckpointError(f"{Path(config.out) / LAST} exists: pass --resume to continue that run, "
-                              "or --out for a new run directory")
-    return state_from_checkpoint(*found)
-
-
-# On resume, an option left out of the command takes the checkpoint's value. One that is given and
-# differs takes effect from now on if it is in RESUME_CHANGES (and is reported); if it is in
-# RESUME_INVOCATION it belongs to this command alone (where and how fast it runs); any other
-# (the network, the seed, the augmentation, the global batch, fields this list does not know) is
-# the run's identity, and a change is refused.
-RESUME_CHANGES = ("epochs", "checkpoint_every", "lr", "momentum", "weight_decay", "lr_patience", "min_lr",
-                  "precision", "skip_bad", "data", "labels", "label_encoding", "val_split")
-RESUME_INVOCATION = ("out", "resume", "device", "dali_threads", "prefetch", "hw_decoder_load", "cache_dir", "refresh",
-                     "dist_timeout")
-
-
-def resumed_config(state: TrainState, config: TrainConfig, given: set[str], world_size: int) -> TrainConfig:
-    """The config a resumed run really uses: the checkpoint's, with the options `given` on this
-    command applied where they may change. CheckpointError listing every refused change."""
-    saved = {name: value for name, value in state.config.items() if name in TrainConfig.__dataclass_fields__}
-    values = config.to_dict()
-    for name, value in saved.items():
-        if name not in given and name not in RESUME_INVOCATION:
-            values[name] = value
-    resumed = TrainConfig.from_dict(values)
-    changed, refused = [], []
-    for name in sorted(given & saved.keys()):
-        if name in RESUME_INVOCATION or saved[name] == values[name]:
-            continue
-        option = "DATA" if name == "data" else f"--{name.replace('_', '-')}"
-        change = f"{option}: {saved[name]} -> {values[name]}"
-        (changed if name in RESUME_CHANGES else refused).append(change)
-    global_batch = batch_plan(resumed, world_size)[1]
-    if state.global_batch is not None and state.global_batch != global_batch:
-        refused.append(f"global batch: {state.global_batch} -> {global_batch}")
-    if refused:
-        raise CheckpointError(f"cannot resume {config.out} with these changes, which would make it another run: "
-                              f"{'; '.join(refused)}. Leave them out to continue as it was, or pass another --out "
-                              f"for a new run (may change on resume: {', '.join(RESUME_CHANGES)})")
-    if changed:
-        logger.info(f"changed on resume, from epoch {state.epoch + 1}: {'; '.join(changed)}"
-                    + (" (the learning rate from now on; the plateau rule goes on from it)" if "lr" in given
-                       and saved.get("lr") != values["lr"] else ""))
-    return resumed
-
-
-def apply_resume_changes(optimizer, scheduler, saved: dict, config: TrainConfig, lr: float) -> None:
-    """A resumed optimiser and schedule carry their own settings: apply those the config changed."""
-    for name, value in (("lr", lr), ("momentum", config.momentum), ("weight_decay", config.weight_decay)):
-        if name in saved and saved[name] != getattr(config, name):
-            for group in optimizer.param_groups:
-                group[name] = value
-    if "lr_patience" in saved and saved["lr_patience"] != config.lr_patience:
-        scheduler.patience = config.lr_patience
-    if "min_lr" in saved and saved["min_lr"] != config.min_lr:
-        scheduler.min_lrs = [config.min_lr] * len(optimizer.param_groups)
-
-
-def check_resume(state: TrainState, config: TrainConfig, data: PreparedData, global_batch: int | None) -> None:
-    """A model trains on only with its network and classes; an optimiser state continues only
-    with the global batch it was made with (None: not checked)."""
-    conflicts = []
-    if state.bundle.net.groups != config.groups:
-        conflicts.append(f"groups: {state.bundle.net.groups} -> {config.groups}")
-    if state.bundle.classes != data.train.classes:
-        conflicts.append(class_change(state.bundle.classes, data.train.classes))
-    if None not in (state.global_batch, global_batch) and state.global_batch != global_batch:
-        conflicts.append(f"global batch: {state.global_batch} -> {global_batch}")
-    if conflicts:
-        raise CheckpointError(f"cannot train on into {config.out}: the model was made with a different set-up:\n  "
-                              + "\n  ".join(conflicts))
-
-
-def class_change(old: tuple[str, ...], new: tuple[str, ...]) -> str:
-    """The classes, or their indices, that differ between a model and the data."""
-    if sorted(old) != sorted(new):
-        return f"classes (index order): {short_list(old)} -> {short_list(new)}"
-    index = {name: i for i, name in enumerate(new)}
-    moved = [f"{name!r} {i} -> {index[name]}" for i, name in enumerate(old) if index[name] != i]
-    more = f", ... ({len(moved)} in all)" if len(moved) > 8 else ""
-    return (f"class indices: the same {len(old)} classes, but {len(moved)} moved (model -> data): "
-            f"{', '.join(moved[:8])}{more}; pass the label encoding the model was trained with")
-
-
-def short_list(names, shown: int = 8) -> str:
-    more = f", ... ({len(names)} in all)" if len(names) > shown else ""
-    return "[" + ", ".join(map(repr, names[:shown])) + more + "]"
 
 
 def code_version() -> dict:

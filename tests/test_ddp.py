@@ -16,7 +16,7 @@ from alexnet_dali.evaluate import evaluate_split
 from alexnet_dali.loader import training_loader
 from alexnet_dali.model import AlexNetModule
 from alexnet_dali.prepare import prepare_data
-from alexnet_dali.train import batch_plan
+from alexnet_dali.schedule import batch_plan
 from conftest import cpu_placement, make_original_layout, tiny_config, torchrun
 
 HERE = Path(__file__).resolve().parent

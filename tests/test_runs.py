@@ -148,7 +148,7 @@ def test_resume_without_a_checkpoint_is_an_error(layout, tmp_path):
 
 
 def test_a_torchrun_restart_before_the_first_checkpoint_starts_afresh(layout, tmp_path, monkeypatch):
-    from alexnet_dali.train import resume_state
+    from alexnet_dali.resume import resume_state
 
     config = tiny_config(layout, tmp_path / "run", resume=True)
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")

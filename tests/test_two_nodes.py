@@ -164,7 +164,7 @@ def test_the_timeout_belongs_to_the_command_and_may_differ_on_resume():
     from alexnet_dali.model import AlexNetModule
     from alexnet_dali.pca import PCA
     from alexnet_dali.state import ModelBundle, TrainState
-    from alexnet_dali.train import resumed_config
+    from alexnet_dali.resume import resumed_config
 
     saved = TrainConfig(batch_size=2)
     pca = PCA((0.5, 0.4, 0.3), (0.1, 0.01, 0.001), ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
