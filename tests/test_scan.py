@@ -121,8 +121,8 @@ def test_train_after_a_passing_check_decodes_nothing_again(tmp_path):
     checked = run_cli("check", data)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     trained = run_cli(*train_args(data, tmp_path / "run"), check=True)
-    assert "checking that" not in trained.stderr
-    assert "training on 8 images" in trained.stderr
+    assert "checking that" not in trained.stdout
+    assert "training on 8 images" in trained.stdout
 
 
 # -- 12 and 13: links and stray files, named as the data set holds them ------------------------------
@@ -159,7 +159,7 @@ def test_broken_links_and_stray_files_are_named_and_skip_bad_passes_them(tmp_pat
     out = tmp_path / "skipped"
     trained = run_cli(*train_args(data, out, "--skip-bad"), check=True)
     assert "left out 1 undecodable image(s) and 1 file(s) that are not images" in trained.stderr
-    assert "training on 8 images" in trained.stderr
+    assert "training on 8 images" in trained.stdout
     excluded = json.loads((out / "excluded.json").read_text())
     assert set(excluded) == {str(link), str(stray)}
 
