@@ -17,6 +17,12 @@ from PIL import Image
 
 import torch
 
+# pytest-xdist runs the suite in 2 worker processes (setup.cfg): one torch thread each, and in
+# the processes they start, so that two workers share the machine's cores without fighting.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
