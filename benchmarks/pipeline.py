@@ -18,11 +18,12 @@ Every row reads the same files. The CPU rows use all the cores (DALI threads = D
 workers = cores), the GPU's DALI rows the trainer's thread cap, unless --threads says otherwise.
 
     python benchmarks/pipeline.py [--device cpu|gpu|all] [--data DIR] [--images N] [--batch-size B] [--json PATH]
-                                  [--hw-decoder-load 0,0.5,0.65,0.8,1] [--threads 4,8,16] [--s3]
+                                  [--hw-decoder-load 0,0.65,1] [--threads 4,8,16] [--s3]
 
 Several --hw-decoder-load or --threads values sweep the dali rows and their -decode rows (one row
 per combination, named e.g. dali-gpu[hw=0.8,threads=8]): the sweep that picks the trainer's
---hw-decoder-load and threads for a GPU. The rows that are not swept take the first values.
+--hw-decoder-load and threads for a GPU. The dali-reference rows follow the sweep too, each compared
+with the dali row of its settings; the -no-lighting and -pca-stats rows take the first values.
 """
 
 from __future__ import annotations
@@ -35,16 +36,18 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from common import (EIGVAL, EIGVEC, MEAN, base_parser, cpu_count, data_files, decode_only_loader, devices, drain,
-                    parse, pca_pass, pipeline_threads, report, sizes, timed, training_loader)
+from common import (EIGVAL, EIGVEC, MEAN, base_parser, cpu_count, data_files, decode_only_loader, default_hw_decoder_load,
+                    devices, drain, parse, pca_pass, pipeline_threads, report, sizes, timed, training_loader)
 
 
 # -- NVIDIA's reference pipeline ------------------------------------------------------------------
 
-def reference_loader(files, device: str, batch_size: int, threads: int):
+def reference_loader(files, device: str, batch_size: int, threads: int, hw_decoder_load: float | None = None):
     """The training pipeline of DALI's PyTorch ResNet-50 example (docs/examples/use_cases/pytorch/
     resnet50/main.py, create_dali_pipeline with is_training=True), as written there but for the
-    file list (ours, instead of a class-folder root). On the CPU every operator runs there."""
+    file list (ours, instead of a class-folder root) and, on a GPU, the hardware decoder's share (the
+    example leaves DALI's 0.65; each row of a sweep gets the setting of the dali-gpu row it is
+    compared with). On the CPU every operator runs there."""
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
@@ -62,7 +65,8 @@ def reference_loader(files, device: str, batch_size: int, threads: int):
             jpegs, device=decoder_device, output_type=types.RGB,
             # the example's hint: room for the largest ImageNet image, so the decoder never reallocates
             preallocate_width_hint=5980 if gpu else 0, preallocate_height_hint=6430 if gpu else 0,
-            random_aspect_ratio=[0.8, 1.25], random_area=[0.1, 1.0], num_attempts=100)
+            random_aspect_ratio=[0.8, 1.25], random_area=[0.1, 1.0], num_attempts=100,
+            **({"hw_decoder_load": hw_decoder_load} if gpu and hw_decoder_load is not None else {}))
         images = fn.resize(images, resize_x=224, resize_y=224, interp_type=types.INTERP_TRIANGULAR)
         mirror = fn.random.coin_flip(probability=0.5)
         images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", crop=(224, 224),
@@ -226,8 +230,9 @@ def counts(text: str) -> list[int]:
 
 def main(argv=None):
     parser = base_parser(__doc__.split("\n\n")[0], cpu=(512, 128), gpu=(4096, 256))
-    parser.add_argument("--hw-decoder-load", type=shares, default=[0.65],
-                        help="GPU rows: comma-separated shares of JPEGs for the hardware decoder (default: 0.65)")
+    parser.add_argument("--hw-decoder-load", type=shares, default=None,
+                        help="GPU rows: comma-separated shares of JPEGs for the hardware decoder "
+                             "(default: the trainer's, 1.0)")
     parser.add_argument("--threads", type=counts, default=None,
                         help="DALI threads, comma-separated (default: every core on the CPU, "
                              "the trainer's cap of min(cores, 8) on a GPU)")
@@ -248,7 +253,7 @@ def main(argv=None):
         subset = files[:images]
         images = len(subset)
         size = dict(images=images, batch_size=batch_size)
-        loads = args.hw_decoder_load if device == "gpu" else [None]
+        loads = (args.hw_decoder_load or [default_hw_decoder_load()]) if device == "gpu" else [None]
         sweep = [(threads, load) for load in loads for threads in (args.threads or [pipeline_threads(device)])]
         first_threads, first_load = sweep[0]
         gpu_load = {} if device == "cpu" else {"hw_decoder_load": first_load}
@@ -263,9 +268,11 @@ def main(argv=None):
             if device == "cpu":
                 add(f"pil-dataloader{suffix}", device, pil_loader(subset, batch_size, cpu_count(), decode_only), kind,
                     cpu_count(), **size)
-            if not decode_only:
-                add(f"dali-reference-{device}", device, reference_loader(subset, device, batch_size, first_threads),
-                    "reference training pipeline", first_threads, **size)
+            if not decode_only:  # NVIDIA's pipeline with each setting ours had: like for like
+                for threads, load in sweep:
+                    add(f"dali-reference-{device}", device, reference_loader(subset, device, batch_size, threads, load),
+                        "reference training pipeline", threads, hw=load, tag=sweep_tag(device, threads, load, args),
+                        **size)
             if device == "gpu" and torchvision_available():
                 add(f"torchvision-gpu{suffix}", device, TorchvisionGpu(subset, batch_size, decode_only), kind, 1,
                     **size)
@@ -285,7 +292,7 @@ def main(argv=None):
 def sweep_tag(device: str, threads: int, load, args) -> str:
     """The settings that tell the rows of a sweep apart: '' when nothing is swept."""
     parts = []
-    if device == "gpu" and len(args.hw_decoder_load) > 1:
+    if device == "gpu" and len(args.hw_decoder_load or []) > 1:
         parts.append(f"hw={load:g}")
     if args.threads and len(args.threads) > 1:
         parts.append(f"threads={threads}")
@@ -312,8 +319,7 @@ def ratio_notes(rows: list[dict]) -> list[str]:
             if device == "cpu" and (pil := find("pil-dataloader")) is not None:
                 notes.append(f"{name} / pil-dataloader = {ratio(row, pil):.2f}x "
                              f"(DALI threads: {row['threads']}, DataLoader workers: {pil['threads']})")
-            reference = find(f"dali-reference-{device}")
-            if reference is not None and reference["threads"] == row["threads"]:
+            if (reference := find(f"dali-reference-{device}", like=row)) is not None:
                 notes.append(f"{name} / {reference['name']} = {ratio(row, reference):.2f}x "
                              f"(the same files, DALI threads: {row['threads']})")
             if (torchvision := find(f"torchvision-{device}")) is not None:

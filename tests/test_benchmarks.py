@@ -51,17 +51,19 @@ def test_pipeline_benchmark_sweeps_threads_and_keeps_every_ratio(tmp_path):
     """A --threads sweep gives one dali row (and one decode row) per value; each keeps its ratio to
     its own decode-only row, and the rows with the peers' threads keep theirs to the peers."""
     report, stdout = run_benchmark("pipeline", tmp_path, "--images", 16, "--batch-size", 8, "--threads", "1,2")
-    check_rows(report, ["dali-cpu[threads=1]", "dali-cpu[threads=2]", "pil-dataloader", "dali-reference-cpu",
-                        "dali-cpu-decode[threads=1]", "dali-cpu-decode[threads=2]", "pil-dataloader-decode",
-                        "dali-cpu-no-lighting", "dali-cpu-pca-stats"], 16, 8)
+    check_rows(report, ["dali-cpu[threads=1]", "dali-cpu[threads=2]", "pil-dataloader", "dali-reference-cpu[threads=1]",
+                        "dali-reference-cpu[threads=2]", "dali-cpu-decode[threads=1]", "dali-cpu-decode[threads=2]",
+                        "pil-dataloader-decode", "dali-cpu-no-lighting", "dali-cpu-pca-stats"], 16, 8)
     threads = {row["name"]: row["threads"] for row in report["rows"]}
-    assert threads["dali-reference-cpu"] == threads["dali-cpu-no-lighting"] == 1  # the sweep's first value
+    assert threads["dali-reference-cpu[threads=2]"] == 2  # NVIDIA's pipeline follows the sweep: like for like
+    assert threads["dali-reference-cpu[threads=1]"] == threads["dali-cpu-no-lighting"] == 1  # the first value
     ratio, share = r"[0-9.]+x", r"[0-9]+% of its decode-only rate"
     expected = [rf"dali-cpu\[threads=1\] / pil-dataloader = {ratio} \(DALI threads: 1, DataLoader workers: \d+\)",
-                rf"dali-cpu\[threads=1\] / dali-reference-cpu = {ratio} \(the same files, DALI threads: 1\)",
+                rf"dali-cpu\[threads=1\] / dali-reference-cpu\[threads=1\] = {ratio} \(the same files, DALI threads: 1\)",
                 r"dali-cpu\[threads=1\]: lighting on / off = [0-9.]+",
                 rf"dali-cpu\[threads=1\] runs at {share}",
                 rf"dali-cpu\[threads=2\] / pil-dataloader = {ratio} \(DALI threads: 2, DataLoader workers: \d+\)",
+                rf"dali-cpu\[threads=2\] / dali-reference-cpu\[threads=2\] = {ratio} \(the same files, DALI threads: 2\)",
                 rf"dali-cpu\[threads=2\] runs at {share}",
                 rf"pil-dataloader runs at {share}"]
     assert len(report["notes"]) == len(expected)
