@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import shutil
 import statistics
 import sys
@@ -46,6 +47,9 @@ def base_parser(description: str, *, cpu: tuple[int, int], gpu: tuple[int, int])
                         help=f"images per batch (default: {cpu[1]} on the CPU, {gpu[1]} on a GPU)")
     parser.add_argument("--trials", type=int, default=3, help="timed trials per row; the median is reported")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="after each row's trials, one more pass under torch.profiler: DIR/<row>.txt lists the "
+                             "operators and kernels that took the time")
     return parser
 
 
@@ -177,8 +181,9 @@ def cpu_model() -> str:
 
 # -- timing and reporting ------------------------------------------------------------------------
 
-def timed(run_once, images: int, trials: int, warmup=None) -> dict:
-    """images/sec of `run_once()` (which processes `images` images), median over trials."""
+def timed(run_once, images: int, trials: int, warmup=None, profile_to: Path | None = None) -> dict:
+    """images/sec of `run_once()` (which processes `images` images), median over trials; with
+    `profile_to`, one more pass under torch.profiler written there (not in the figure)."""
     if warmup is not None:
         warmup()
     rates = []
@@ -186,7 +191,35 @@ def timed(run_once, images: int, trials: int, warmup=None) -> dict:
         start = time.perf_counter()
         run_once()
         rates.append(images / (time.perf_counter() - start))
+    if profile_to is not None:
+        write_profile(run_once, images, profile_to)
     return {"images_per_sec": statistics.median(rates), "trials": [round(r, 2) for r in rates]}
+
+
+def profile_path(args, row: str) -> Path | None:
+    """Where --profile DIR puts a row's profile (DIR/<row>.txt), or None without --profile."""
+    if getattr(args, "profile", None) is None:
+        return None
+    return args.profile / (re.sub(r"[^A-Za-z0-9.+-]+", "_", row).strip("_") + ".txt")
+
+
+def write_profile(run_once, images: int, path: Path) -> None:
+    """One pass of `run_once` under torch.profiler: the operators and kernels by the time they took
+    themselves (on the GPU its kernels, DALI's included; the hardware decoder is not a kernel), the
+    view that shows whether the decoder, a copy, the model or the host holds a row back."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    on_gpu = torch.cuda.is_available()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])) as prof:
+        start = time.perf_counter()
+        run_once()
+        seconds = time.perf_counter() - start
+    sort = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{path.stem}: {images} images in {seconds:.3f} s under the profiler "
+                    f"({images / seconds:.1f} images/s), sorted by {sort}\n\n"
+                    + prof.key_averages().table(sort_by=sort, row_limit=30) + "\n")
 
 
 def report(title: str, rows: list[dict], args, notes: list[str] = ()) -> dict:

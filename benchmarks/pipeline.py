@@ -18,7 +18,7 @@ Every row reads the same files. The CPU rows use all the cores (DALI threads = D
 workers = cores), the GPU's DALI rows the trainer's thread cap, unless --threads says otherwise.
 
     python benchmarks/pipeline.py [--device cpu|gpu|all] [--data DIR] [--images N] [--batch-size B] [--json PATH]
-                                  [--hw-decoder-load 0,0.65,1] [--threads 4,8,16] [--s3]
+                                  [--hw-decoder-load 0,0.65,1] [--threads 4,8,16] [--s3] [--profile DIR]
 
 Several --hw-decoder-load or --threads values sweep the dali rows and their -decode rows (one row
 per combination, named e.g. dali-gpu[hw=0.8,threads=8]): the sweep that picks the trainer's
@@ -37,7 +37,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from common import (EIGVAL, EIGVEC, MEAN, base_parser, cpu_count, data_files, decode_only_loader, default_hw_decoder_load,
-                    devices, drain, parse, pca_pass, pipeline_threads, report, sizes, timed, training_loader)
+                    devices, drain, parse, pca_pass, pipeline_threads, profile_path, report, sizes, timed,
+                    training_loader)
 
 
 # -- NVIDIA's reference pipeline ------------------------------------------------------------------
@@ -243,7 +244,8 @@ def main(argv=None):
     rows = []
 
     def add(base, device, loader, kind, threads, images, batch_size, hw=None, tag=""):
-        result = timed(lambda: drain(loader, device), images, args.trials, warmup=lambda: drain(loader, device))
+        result = timed(lambda: drain(loader, device), images, args.trials, warmup=lambda: drain(loader, device),
+                       profile_to=profile_path(args, base + tag))
         rows.append({"name": base + tag, "base": base, "device": device, "kind": kind, "threads": threads,
                      "hw_decoder_load": hw, "images": images, "batch_size": batch_size, **result})
         gc.collect()  # earlier rows' pipelines (reference cycles) free their decoder buffers only here
@@ -282,7 +284,8 @@ def main(argv=None):
         run = pca_pass(subset, device, batch_size, first_threads)
         rows.append({"name": f"dali-{device}-pca-stats", "base": f"dali-{device}-pca-stats", "device": device,
                      "kind": "statistics pass", "threads": first_threads, "hw_decoder_load": first_load, **size,
-                     **timed(run, images, args.trials, warmup=run)})
+                     **timed(run, images, args.trials, warmup=run,
+                             profile_to=profile_path(args, f"dali-{device}-pca-stats"))})
     if args.s3 and "cpu" in devices(args):
         images, batch_size = sizes(args, "cpu")
         rows.append(s3_row(files[:images], batch_size, (args.threads or [pipeline_threads("cpu")])[0], args.trials))

@@ -2,13 +2,15 @@
 the real DALI ten-crop pipeline and the Predictor that `alexnet-dali predict` uses.
 
     python benchmarks/predict.py [--device cpu|gpu|all] [--data DIR] [--images N] [--batch-size B] [--json PATH]
+                                 [--profile DIR]
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from common import alexnet, base_parser, data_files, devices, parse, report, sizes, ten_crop_predictor, timed
+from common import (alexnet, base_parser, data_files, devices, parse, profile_path, report, sizes, ten_crop_predictor,
+                    timed)
 
 
 def main(argv=None):
@@ -26,7 +28,8 @@ def main(argv=None):
             run = lambda: predictor.predict_bytes(subset)  # noqa: E731
             rows.append({"name": f"ten-crop {precision}", "device": device, "variant": precision,
                          "images": len(subset), "batch_size": batch_size,
-                         **timed(run, len(subset), args.trials, warmup=run)})
+                         **timed(run, len(subset), args.trials, warmup=run,
+                                 profile_to=profile_path(args, f"ten-crop {precision}"))})
     return report("ten-crop prediction", rows, args)
 
 

@@ -2,12 +2,14 @@
 device's sizes, every JSON into one folder, and one summary table.
 
     python benchmarks/suite.py --device gpu --out DIR [--images N] [--batch-size B] [--trials T]
-                               [--data DIR] [--hw-decoder-load 0,0.65,1] [--threads 4,8,16] [--no-tests]
+                               [--data DIR] [--hw-decoder-load 0,0.65,1] [--threads 4,8,16] [--no-tests] [--profile]
 
 DIR receives test_gpu.log (pytest's output for tests/test_gpu.py), pipeline.json, train.json and
 predict.json with a .log beside each, and summary.txt (the table printed at the end). --images and
 --batch-size replace every benchmark's per-device defaults; --hw-decoder-load and --threads go to
-benchmarks/pipeline.py. `--device cpu` runs the same on the CPU, where the GPU tests are skipped.
+benchmarks/pipeline.py. --profile adds one profiled pass per row (torch.profiler: the operators and
+kernels that took the time) as DIR/profiles/<row>.txt, for every figure that misses its goal.
+`--device cpu` runs the same on the CPU, where the GPU tests are skipped.
 A failing test or benchmark does not stop the others; the exit status is then 1.
 """
 
@@ -55,7 +57,9 @@ def run_tests(out: Path) -> tuple[str, str | None]:
 def benchmark_command(name: str, args, out: Path) -> list[str]:
     command = [sys.executable, str(HERE / f"{name}.py"), "--device", args.device, "--trials", str(args.trials),
                "--json", str(out / f"{name}.json")]
-    for option, value in (("--images", args.images), ("--batch-size", args.batch_size), ("--data", args.data)):
+    profile = out / "profiles" if args.profile else None
+    for option, value in (("--images", args.images), ("--batch-size", args.batch_size), ("--data", args.data),
+                          ("--profile", profile)):
         if value is not None:
             command += [option, str(value)]
     if name == "pipeline":
@@ -91,6 +95,8 @@ def main(argv=None) -> int:
     parser.add_argument("--hw-decoder-load", default=None, help="pipeline.py's sweep of the hardware decoder's share")
     parser.add_argument("--threads", default=None, help="pipeline.py's sweep of DALI threads")
     parser.add_argument("--no-tests", action="store_true", help="skip tests/test_gpu.py")
+    parser.add_argument("--profile", action="store_true",
+                        help="one profiled pass per row into OUT/profiles/<row>.txt (torch.profiler's table)")
     args = parser.parse_args(argv)
     if args.device == "gpu" and not gpu_present():
         parser.error("--device gpu: torch sees no CUDA GPU on this machine")

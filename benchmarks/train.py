@@ -3,6 +3,7 @@ DALI pipeline (`end-to-end`); their ratio shows how much the input pipeline stal
 On a GPU the rows repeat for fp32, bf16 autocast, channels_last and torch.compile.
 
     python benchmarks/train.py [--device cpu|gpu|all] [--data DIR] [--images N] [--batch-size B] [--json PATH]
+                               [--profile DIR]
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common import alexnet, autocast, base_parser, data_files, devices, parse, report, sizes, timed, torch_device
+from common import (alexnet, autocast, base_parser, data_files, devices, parse, profile_path, report, sizes, timed,
+                    torch_device)
 from common import training_loader
 
 CLASSES = 1000
@@ -90,9 +92,9 @@ def main(argv=None):
             net, optimizer = build(kind, channels_last, compiled)
             step = make_step(net, optimizer, bf16)
             run, n = model_only(step, device, batch_size, images_per_epoch)
-            alone = timed(run, n, args.trials, warmup=run)
+            alone = timed(run, n, args.trials, warmup=run, profile_to=profile_path(args, f"model-only {name}"))
             fed = timed(end_to_end(step, device, loader), images_per_epoch, args.trials,
-                        warmup=end_to_end(step, device, loader))
+                        warmup=end_to_end(step, device, loader), profile_to=profile_path(args, f"end-to-end {name}"))
             ratio = fed["images_per_sec"] / alone["images_per_sec"]
             common = {"device": kind, "variant": name, "torch_threads": torch.get_num_threads(),
                       "dali_threads": dali_threads, "batch_size": batch_size}

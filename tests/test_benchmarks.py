@@ -92,13 +92,15 @@ def test_benchmarks_read_a_given_folder(tmp_path):
 
 def test_suite_runs_the_tests_and_every_benchmark_into_one_folder(tmp_path):
     """The acceptance command in CPU mode at a tiny size: the GPU tests' log (skipped here but
-    for the one that needs no GPU), every benchmark's JSON and log, one summary table."""
+    for the one that needs no GPU), every benchmark's JSON and log, one summary table; with --profile,
+    one profile of each row, naming the operators that took its time."""
     out = tmp_path / "acceptance"
     result = run_script("suite", tmp_path, "--device", "cpu", "--out", out, "--images", 4, "--batch-size", 4,
-                        "--trials", 1)
+                        "--trials", 1, "--profile")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["pipeline.json", "pipeline.log", "predict.json", "predict.log",
-                                                     "summary.txt", "test_gpu.log", "train.json", "train.log"]
+                                                     "profiles", "summary.txt", "test_gpu.log", "train.json",
+                                                     "train.log"]
     assert "1 passed" in (out / "test_gpu.log").read_text()
     reports = {name: json.loads((out / f"{name}.json").read_text()) for name in ("pipeline", "train", "predict")}
     check_rows(reports["pipeline"], ["dali-cpu", "pil-dataloader", "dali-reference-cpu", "dali-cpu-decode",
@@ -106,6 +108,12 @@ def test_suite_runs_the_tests_and_every_benchmark_into_one_folder(tmp_path):
     check_rows(reports["train"], ["model-only fp32", "end-to-end fp32"], 4, 4)
     assert 0 < reports["train"]["rows"][1]["fraction_of_model_only"]
     check_rows(reports["predict"], ["ten-crop fp32"], 4, 4)
+    rows = [row["name"] for report in reports.values() for row in report["rows"]]
+    profiles = {p.stem: p.read_text() for p in (out / "profiles").iterdir()}
+    assert sorted(profiles) == sorted(name.replace(" ", "_") for name in rows)
+    for name in ("ten-crop_fp32", "model-only_fp32", "end-to-end_fp32"):  # the network's layers, with their time
+        assert re.match(rf"{name}: 4 images in [0-9.]+ s under the profiler", profiles[name])
+        assert re.search(r"^\s*aten::\w*convolution\w*\s+[0-9.]+%", profiles[name], re.MULTILINE), profiles[name]
     summary = (out / "summary.txt").read_text()
     assert summary.strip() in result.stdout  # printed as written
     assert re.search(r"^GPU tests \(tests/test_gpu.py\): \d+ passed, \d+ skipped", summary, re.MULTILINE)
