@@ -11,6 +11,7 @@ a pickle that asks to run code) raises CheckpointError naming the file and what 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import pickletools
@@ -45,7 +46,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path)
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb") as f, without_zip_checksums():
             torch.save({"format": FORMAT, "version": VERSION, **state}, f)
             f.flush()
             os.fsync(f.fileno())
@@ -57,6 +58,24 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     os.replace(tmp, path)
     fsync_dir(path.parent)
     return path
+
+
+@contextlib.contextmanager
+def without_zip_checksums():
+    """torch.save without the zip's CRC-32 of every tensor: torch.load never checks them, and
+    computing them is most of a save (0.8 of 0.9 s for AlexNet's 466 MB with momentum, measured).
+    `unzip -t` would report the zeros; torch.load and load_checkpoint do not read them."""
+    if not hasattr(torch.serialization, "set_crc32_options"):  # torch < 2.6 always computes them
+        yield
+        return
+    from torch.utils.serialization import config
+
+    before = config.save.compute_crc32
+    torch.serialization.set_crc32_options(False)
+    try:
+        yield
+    finally:
+        torch.serialization.set_crc32_options(before)
 
 
 def write_failure(error: BaseException, path: Path) -> BaseException:
