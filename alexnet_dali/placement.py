@@ -68,6 +68,8 @@ def place(preference: str, *, threads: int, hw_decoder_load: float, local_rank: 
         raise ConfigError(f"hw_decoder_load must be in [0, 1], got {hw_decoder_load}")
     on_gpu = preference == "gpu" or (preference == "auto" and torch.cuda.is_available())
     device = gpu_for(local_rank) if on_gpu else torch.device("cpu")
+    if on_gpu:  # every model here sees fixed shapes: cuDNN times its algorithms once per shape, keeps the fastest
+        torch.backends.cudnn.benchmark = True
     return Placement(device, threads if threads > 0 else default_threads(on_gpu, local_world_size), hw_decoder_load)
 
 

@@ -266,7 +266,6 @@ def build_run(config: TrainConfig, state: TrainState, data: PreparedData, dist: 
     per_process, global_batch, lr = batch_plan(config, dist.world_size)
     net = state.bundle.net.to(placement.device)
     if placement.on_gpu:
-        torch.backends.cudnn.benchmark = True
         net.to(memory_format=torch.channels_last)  # the GPU pipelines give NHWC
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,

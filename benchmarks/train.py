@@ -83,8 +83,6 @@ def main(argv=None):
     for kind in devices(args):
         images, batch_size = sizes(args, kind)
         variants = GPU_VARIANTS if kind == "gpu" else [("fp32", False, False, False)]
-        if kind == "gpu":
-            torch.backends.cudnn.benchmark = True
         device = torch_device(kind)
         loader, dali_threads = training_loader(files[:images], kind, batch_size)  # threads as the trainer takes
         images_per_epoch = len(loader) * batch_size

@@ -304,3 +304,16 @@ def test_gpu_training_run_and_ten_crop_prediction(tmp_path):
     cpu = Predictor.from_checkpoint(checkpoint, place("cpu", threads=2, hw_decoder_load=HW), batch_size=8)
     reference = cpu.predict_files(sorted((layout["data"] / "val").glob("*.jpg")))
     assert np.abs(probabilities - reference).max() < 0.05  # bf16 autocast and nvJPEG vs fp32 on the CPU
+
+
+@gpu
+def test_a_gpu_placement_lets_cudnn_time_its_algorithms_for_every_use():
+    """Training, evaluation, prediction and the benchmarks all place through place(): each gets
+    cuDNN's autotuning (on the H200, ten-crop prediction was measured without it)."""
+    from alexnet_dali.placement import place
+
+    torch.backends.cudnn.benchmark = False
+    place("gpu", threads=1, hw_decoder_load=HW)
+    assert torch.backends.cudnn.benchmark
+    place("cpu", threads=1, hw_decoder_load=HW)
+    assert torch.backends.cudnn.benchmark  # a CPU placement leaves it as it was
