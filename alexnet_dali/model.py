@@ -42,7 +42,7 @@ def lrn() -> nn.LocalResponseNorm:
 class AlexNetModule(nn.Module):
     """The paper's network. `groups=1` (default) is the single-GPU variant most reproductions use."""
 
-    def __init__(self, num_classes: int = 1000, groups: int = 1, dropout: float = 0.5):
+    def __init__(self, num_classes: int = 1000, groups: int = 1, dropout: float = 0.5, init_bias: float = 1.0):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
@@ -50,9 +50,12 @@ class AlexNetModule(nn.Module):
             raise ValueError(f"groups must be 1 (one tower) or 2 (the paper's two towers), got {groups}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not 0.0 <= init_bias < float("inf"):
+            raise ValueError(f"init_bias must be a finite number of at least 0, got {init_bias}")
         self.num_classes = num_classes
         self.groups = groups
         self.dropout = dropout
+        self.init_bias = init_bias  # used by reset_parameters only: a trained net's biases are its own
         self.features = nn.Sequential(OrderedDict(
             conv1=nn.Conv2d(3, 96, kernel_size=11, stride=4, padding=2), relu1=nn.ReLU(inplace=True),
             norm1=lrn(), pool1=nn.MaxPool2d(3, stride=2),
@@ -71,11 +74,11 @@ class AlexNetModule(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Section 5: weights N(0, 0.01); biases 1 in conv2, conv4, conv5 and the hidden fully
-        connected layers (positive inputs for the ReLUs early on), 0 elsewhere."""
+        """Section 5: weights N(0, 0.01); biases 1 (`init_bias`) in conv2, conv4, conv5 and the
+        hidden fully connected layers (positive inputs for the ReLUs early on), 0 elsewhere."""
         for name, layer in self.weighted_layers().items():
             nn.init.normal_(layer.weight, mean=0.0, std=0.01)
-            nn.init.constant_(layer.bias, 1.0 if name in BIAS_ONE else 0.0)
+            nn.init.constant_(layer.bias, self.init_bias if name in BIAS_ONE else 0.0)
 
     def weighted_layers(self) -> dict[str, nn.Module]:
         """conv1 … fc8 by their paper names."""

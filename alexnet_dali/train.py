@@ -181,7 +181,7 @@ def start_process(config: TrainConfig) -> tuple[DistInfo, Placement]:
 def new_state(config: TrainConfig, data: PreparedData) -> TrainState:
     """A freshly initialised network (the paper's init, the same on every rank) for the data."""
     torch.manual_seed(config.seed)
-    net = AlexNetModule(len(data.train.classes), config.groups, config.dropout)
+    net = AlexNetModule(len(data.train.classes), config.groups, config.dropout, config.init_bias)
     bundle = ModelBundle(net, data.pca, data.train.classes, data.train.class_names, config.precision)
     return TrainState(bundle, config.to_dict())
 

@@ -95,7 +95,20 @@ def test_dropout_only_in_fc6_and_fc7():
     assert all(m.p == 0.5 for m in net.modules() if isinstance(m, torch.nn.Dropout))
 
 
-@pytest.mark.parametrize("bad", [{"num_classes": 0}, {"groups": 3}, {"dropout": 1.0}])
+def test_init_bias_replaces_the_papers_ones_and_nothing_else():
+    """--init-bias 0.1 (Caffe's reference AlexNet): the same layers start at 0.1 instead of 1."""
+    torch.manual_seed(0)
+    paper = AlexNetModule(10)
+    torch.manual_seed(0)
+    caffe = AlexNetModule(10, init_bias=0.1)
+    for (name, a), b in zip(paper.weighted_layers().items(), caffe.weighted_layers().values()):
+        assert torch.equal(a.weight, b.weight), name  # the weights are drawn as before
+        expected = 0.1 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
+        assert torch.all(b.bias == torch.tensor(expected, dtype=b.bias.dtype)), name
+
+
+@pytest.mark.parametrize("bad", [{"num_classes": 0}, {"groups": 3}, {"dropout": 1.0}, {"init_bias": -0.5},
+                                 {"init_bias": float("nan")}])
 def test_bad_arguments_are_refused(bad):
     with pytest.raises(ValueError):
         AlexNetModule(**{"num_classes": 10, **bad})
