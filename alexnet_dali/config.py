@@ -10,6 +10,11 @@ import typing
 from dataclasses import dataclass, field
 
 
+# 1.0, not DALI's 0.65 (tuned on an A100): on an H200, 17,300 images/s against 10,600 at 8 threads
+# (benchmarks/RESULTS.md). GPUs without the hardware decoder ignore it.
+HW_DECODER_LOAD = 1.0
+
+
 class ConfigError(ValueError):
     """A configuration value (from the command line or the API) that cannot be used."""
 
@@ -62,7 +67,7 @@ class TrainConfig:
     dropout: float = _opt(0.5, "dropout probability in fc6 and fc7")
     # Caffe's reference AlexNet (bvlc_alexnet) starts these biases at 0.1: "found necessary for
     # training, as initialization to 1 gave flat loss". Measured here: on few classes, 1 makes the
-    # output's class prior swing (loss 3-4x chance in epochs 2-3); 0.1 does not (README, Train).
+    # output's class prior swing (loss 3-5x chance in epochs 2-3); 0.1 does not (README, Train).
     init_bias: float = _opt(1.0, "bias of conv2, conv4, conv5, fc6 and fc7 at initialisation (the paper: 1; "
                                  "Caffe's reference AlexNet: 0.1, steadier on few classes)")
     precision: str = _opt("fp32", "bf16: bf16 autocast for the forward pass and loss (weights, gradients and SGD "
@@ -73,9 +78,7 @@ class TrainConfig:
     # Input pipeline
     dali_threads: int = _opt(0, "DALI CPU worker threads per process (0: chosen for the machine)")
     prefetch: int = _opt(2, "batches DALI prepares ahead of the model")
-    # 1.0, not DALI's 0.65 (tuned on an A100): on an H200, 17,300 images/s against 10,600 at 8 threads
-    # (benchmarks/RESULTS.md). GPUs without the hardware decoder ignore it.
-    hw_decoder_load: float = _opt(1.0, "GPU: share of the JPEGs sent to the hardware decoder (A100, H100, H200; "
+    hw_decoder_load: float = _opt(HW_DECODER_LOAD, "GPU: share of the JPEGs sent to the hardware decoder (A100, H100, H200; "
                                        "the rest go to nvJPEG on the CUDA cores; on an A100 try DALI's 0.65); "
                                        "benchmarks/pipeline.py measures it")
 

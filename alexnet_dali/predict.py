@@ -23,6 +23,7 @@ from .errors import DataError, Problem
 from .evaluate import mean_log_softmax
 from .loader import GpuHandOff, nchw_view
 from .placement import Placement
+from .s3 import is_s3_url
 from .scan import diagnose_bytes, quiet_native_log, read_bytes
 from .state import ModelBundle, load_state
 
@@ -32,7 +33,7 @@ def expand_paths(items: Sequence[str | Path]) -> list[str]:
     recursive)."""
     paths = []
     for item in items:
-        if str(item).startswith("s3://"):
+        if is_s3_url(str(item)):
             paths.append(str(item))
             continue
         item = Path(item)

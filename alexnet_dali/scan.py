@@ -31,6 +31,7 @@ import numpy as np
 
 from .errors import Problem
 from .jsonio import write_json
+from .s3 import is_s3_url
 
 # Leading bytes of the formats DALI decodes.
 SIGNATURES = (
@@ -267,7 +268,7 @@ class DaliDecodeCheck:
 
 def read_bytes(path: str) -> bytes:
     """A file's bytes; an s3:// object's through boto3 (s3.py)."""
-    if path.startswith("s3://"):
+    if is_s3_url(path):
         from .s3 import read_image
 
         return read_image(path)
@@ -277,7 +278,7 @@ def read_bytes(path: str) -> bytes:
 def file_key(path: str) -> str | None:
     """Identity of a file's current content for the cache: path, size, modification time (an
     s3:// object's: URL, ETag, size, from the listing)."""
-    if path.startswith("s3://"):
+    if is_s3_url(path):
         from .s3 import object_key
 
         return object_key(path)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, first_line, load_checkpoint
 from .metrics import HISTORY_KEYS, empty_history
 from .model import AlexNetModule
 from .pca import PCA
@@ -118,4 +118,4 @@ def state_from_checkpoint(values: dict, path: str | os.PathLike) -> TrainState:
         return TrainState.from_dict(values)
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise CheckpointError(f"{path} holds an alexnet-dali checkpoint that does not fit together "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+                              f"({type(e).__name__}: {first_line(e)[:200]})") from None

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from alexnet_dali.config import HW_DECODER_LOAD  # the trainer's default, the benchmarks' too
+
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "alexnet-dali" / "benchmarks"
 DEVICES = ("cpu", "gpu")
 
@@ -271,20 +273,12 @@ def drain(loader, device: str) -> None:
 # Every benchmark reaches the package through these functions only, so that a change of its
 # interfaces (how devices, threads and precision are chosen) is adapted here, once.
 
-def default_hw_decoder_load() -> float:
-    """The trainer's --hw-decoder-load default: the benchmarks' too, where none is given."""
-    from alexnet_dali.config import TrainConfig
-
-    return TrainConfig.__dataclass_fields__["hw_decoder_load"].default
-
-
-def placement(device: str, threads: int | None = None, hw_decoder_load: float | None = None):
+def placement(device: str, threads: int | None = None, hw_decoder_load: float = HW_DECODER_LOAD):
     """The trainer's placement (alexnet_dali.placement) for one benchmark row; threads=None: as
     many as the trainer takes on this machine."""
     from alexnet_dali.placement import place
 
-    load = default_hw_decoder_load() if hw_decoder_load is None else hw_decoder_load
-    return place(device, threads=threads or 0, hw_decoder_load=load)
+    return place(device, threads=threads or 0, hw_decoder_load=hw_decoder_load)
 
 
 def torch_device(device: str):
@@ -300,7 +294,7 @@ def pipeline_threads(device: str) -> int:
 
 
 def training_loader(files, device: str, batch_size: int, *, threads: int | None = None, lighting: float = 0.1,
-                    hw_decoder_load: float | None = None, classes: int = 1000):
+                    hw_decoder_load: float = HW_DECODER_LOAD, classes: int = 1000):
     """The trainer's own loader (the training pipeline, shuffled, to torch tensors on `device`) over
     `files`, labelled 0, 1, ... classes-1 in turn. threads=None: as many as the trainer takes.
     Returns (loader, DALI threads)."""
@@ -316,7 +310,7 @@ def training_loader(files, device: str, batch_size: int, *, threads: int | None 
     return loader, where.threads
 
 
-def decode_only_loader(files, device: str, batch_size: int, threads: int, hw_decoder_load: float | None = None):
+def decode_only_loader(files, device: str, batch_size: int, threads: int, hw_decoder_load: float = HW_DECODER_LOAD):
     """The training pipeline's reader and decoder alone, as a torch iterable."""
     import nvidia.dali.fn as fn
     from nvidia.dali import pipeline_def
@@ -331,8 +325,7 @@ def decode_only_loader(files, device: str, batch_size: int, threads: int, hw_dec
     def decoding():
         encoded, label = fn.readers.file(files=files, labels=[0] * len(files), name=READER_NAME, pad_last_batch=True)
         # a 1×1 crop so the iterator copies nothing: the time is the decoder's
-        load = default_hw_decoder_load() if hw_decoder_load is None else hw_decoder_load
-        return fn.crop(decode(encoded, device, load), crop=(1, 1)), label
+        return fn.crop(decode(encoded, device, hw_decoder_load), crop=(1, 1)), label
 
     pipe = decoding()
     pipe.build()

@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from common import (EIGVAL, EIGVEC, MEAN, base_parser, cpu_count, data_files, decode_only_loader, default_hw_decoder_load,
+from common import (EIGVAL, EIGVEC, HW_DECODER_LOAD, MEAN, base_parser, cpu_count, data_files, decode_only_loader,
                     devices, drain, parse, pca_pass, pipeline_threads, profile_path, report, sizes, timed,
                     training_loader)
 
@@ -231,9 +231,9 @@ def counts(text: str) -> list[int]:
 
 def main(argv=None):
     parser = base_parser(__doc__.split("\n\n")[0], cpu=(512, 128), gpu=(4096, 256))
-    parser.add_argument("--hw-decoder-load", type=shares, default=None,
+    parser.add_argument("--hw-decoder-load", type=shares, default=[HW_DECODER_LOAD],
                         help="GPU rows: comma-separated shares of JPEGs for the hardware decoder "
-                             "(default: the trainer's, 1.0)")
+                             f"(default: the trainer's, {HW_DECODER_LOAD:g})")
     parser.add_argument("--threads", type=counts, default=None,
                         help="DALI threads, comma-separated (default: every core on the CPU, "
                              "the trainer's cap of min(cores, 8) on a GPU)")
@@ -255,7 +255,7 @@ def main(argv=None):
         subset = files[:images]
         images = len(subset)
         size = dict(images=images, batch_size=batch_size)
-        loads = (args.hw_decoder_load or [default_hw_decoder_load()]) if device == "gpu" else [None]
+        loads = args.hw_decoder_load if device == "gpu" else [None]
         sweep = [(threads, load) for load in loads for threads in (args.threads or [pipeline_threads(device)])]
         first_threads, first_load = sweep[0]
         gpu_load = {} if device == "cpu" else {"hw_decoder_load": first_load}
@@ -295,7 +295,7 @@ def main(argv=None):
 def sweep_tag(device: str, threads: int, load, args) -> str:
     """The settings that tell the rows of a sweep apart: '' when nothing is swept."""
     parts = []
-    if device == "gpu" and len(args.hw_decoder_load or []) > 1:
+    if device == "gpu" and len(args.hw_decoder_load) > 1:
         parts.append(f"hw={load:g}")
     if args.threads and len(args.threads) > 1:
         parts.append(f"threads={threads}")

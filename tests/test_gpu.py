@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 from PIL.JpegImagePlugin import get_sampling
 
-from alexnet_dali.config import TrainConfig
+from alexnet_dali.config import HW_DECODER_LOAD
 from alexnet_dali.pipelines import evaluation_pipeline, statistics_pipeline, tencrop_pipeline, training_pipeline
 from conftest import make_original_layout, write_image
 from pipeline_helpers import crop_reference, pil_centre_256
 
 gpu = pytest.mark.gpu
 MEAN = (0.45, 0.5, 0.55)
-HW = TrainConfig.__dataclass_fields__["hw_decoder_load"].default  # where not swept: the trainer's default
+HW = HW_DECODER_LOAD  # the hardware decoder's share where not swept (the trainer's default)
 # ImageNet's PCA (fb.resnet.torch): with lighting on, the colours really shift.
 PCA = dict(eigval=(0.2175, 0.0188, 0.0045),
            eigvec=((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203)))
