@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -34,8 +35,19 @@ from .train import new_state, start_process, train
 PREDICT_BATCH = 32  # images per ten-crop batch (320 views through the network)
 
 
+_default_run_dirs: set[str] = set()  # handed out by this process (a run directory is made at the first fit)
+
+
 def default_run_dir() -> str:
-    return str(Path("runs") / time.strftime("alexnet-%Y%m%d-%H%M%S"))
+    """runs/alexnet-<date>-<time>, with -2, -3, ... where that name is taken: by a model made
+    earlier in the same second, or by a run directory already on disk."""
+    base = Path("runs") / time.strftime("alexnet-%Y%m%d-%H%M%S")
+    candidate, n = str(base), 1
+    while candidate in _default_run_dirs or os.path.lexists(candidate):
+        n += 1
+        candidate = f"{base}-{n}"
+    _default_run_dirs.add(candidate)
+    return candidate
 
 
 class AlexNet:

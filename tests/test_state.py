@@ -114,6 +114,20 @@ def test_fit_after_load_trains_the_loaded_weights_into_a_new_run_directory(tmp_p
     assert file_digest(first / "last.pt") == original_last  # the original run was not touched
 
 
+
+def test_models_made_in_the_same_second_get_their_own_run_directories(tmp_path, monkeypatch):
+    """Two AlexNet objects without out_dir used to share runs/alexnet-<second>, and the second's
+    fit was refused by the first's lock."""
+    from alexnet_dali import api
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(api.time, "strftime", lambda fmt: "alexnet-20260101-120000")  # one second for all
+    first, second = api.default_run_dir(), api.default_run_dir()
+    assert (first, second) == ("runs/alexnet-20260101-120000", "runs/alexnet-20260101-120000-2")
+    (tmp_path / "runs" / "alexnet-20260101-120000-3").mkdir(parents=True)  # another process's run
+    assert api.default_run_dir() == "runs/alexnet-20260101-120000-4"
+
+
 def test_fit_without_a_data_set_speaks_python(tmp_path):
     from alexnet_dali import AlexNet
 
