@@ -221,8 +221,9 @@ def index_class_folders(tree, folder: str, split: str, encoding: dict[str, int],
         problems += bad
         problems += [Problem(tree.name(n), "nested folder inside a class folder (not read; move its images up)")
                      for n in nested]
-        if not images and not bad and not nested:
-            problems.append(Problem(tree.name(class_dir), "empty class folder"))
+        if not images and not nested:  # a problem of its own: --skip-bad passes the stray files, not this
+            problems.append(Problem(tree.name(class_dir), "class folder with no images, only files that are not "
+                                                          "images" if bad else "empty class folder"))
         files += images
         targets += [encoding[name]] * len(images)
     return finished_split(tree, split, folder, files, targets, problems, encoding, "no class folders with images")

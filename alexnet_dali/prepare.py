@@ -129,6 +129,12 @@ def prepare_data(config: TrainConfig, dist_info: DistInfo, placement: Placement)
                            f"{out / EXCLUDED_FILE}")
         if not len(train) or not len(val):
             raise DataError(f"no decodable images left in split {'train' if not len(train) else val.name!r}")
+        emptied = sorted(set(splits["train"].labels) - set(train.labels))
+        if emptied:  # the network would keep an output that no image ever trains
+            names = ", ".join(repr(train.classes[i]) for i in emptied)
+            raise DataError(f"--skip-bad left class(es) {names} without a training image: every one of their "
+                            f"images is undecodable (listed in {Path(config.out) / EXCLUDED_FILE}); fix or "
+                            "replace them, or remove the class")
     pca = training_pca(train, config, dist_info, placement, cache_dir)
     return PreparedData(train, val, pca, bad)
 

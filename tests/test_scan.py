@@ -164,6 +164,27 @@ def test_broken_links_and_stray_files_are_named_and_skip_bad_passes_them(tmp_pat
     assert set(excluded) == {str(link), str(stray)}
 
 
+
+def test_skip_bad_never_leaves_a_class_without_training_images(tmp_path):
+    """A class whose folder holds only a stray file, or only undecodable images, would keep an
+    output no image trains: --skip-bad refuses it by name instead (it trained such a class before)."""
+    data = make_class_folders(tmp_path / "data", per_split={"train": 2, "val": 1})
+    write_image(data / "val" / "cow" / "000.jpg", 96, 80)
+    stray_only = data / "train" / "cow"
+    stray_only.mkdir()
+    (stray_only / "boxes.json").write_text("{}")
+    refused = run_cli(*train_args(data, tmp_path / "run1", "--skip-bad"))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"{stray_only}: class folder with no images, only files that are not images" in refused.stderr
+
+    (stray_only / "boxes.json").unlink()
+    (stray_only / "000.jpg").write_bytes(b"\xff\xd8\xff\xe0 not the rest of a JPEG")
+    refused = run_cli(*train_args(data, tmp_path / "run2", "--skip-bad"))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "--skip-bad left class(es) 'cow' without a training image" in refused.stderr
+    assert str(stray_only / "000.jpg") in json.loads((tmp_path / "run2" / "excluded.json").read_text())
+
+
 # -- 18: DALI's own log lines stay out of what the user reads ------------------------------------------
 
 PREDICT_BAD_FILE = textwrap.dedent("""
