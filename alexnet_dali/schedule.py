@@ -161,6 +161,7 @@ def divergence_advice(inputs_finite: bool, lr: float) -> str:
     """What to try, by cause: broken inputs are not fixed by a lower lr. (Warmup is not offered: on
     the small sets measured for issue 15 it delayed loss spikes but did not prevent them.)"""
     if not inputs_finite:
-        return ("the input images themselves hold NaN or infinite values, so no lr helps: the PCA statistics are "
-                "broken (delete the cached pca-*.json in DATA/.alexnet-dali or RUN/cache and run again)")
+        return ("the input images themselves hold NaN or infinite values, so no lr helps: the model's RGB PCA "
+                "statistics are broken (a run takes them from the cached pca-*.json in DATA/.alexnet-dali or "
+                "RUN/cache when it starts, and keeps them in its checkpoints: delete it and start a new run)")
     return f"the run diverged: try a lower lr (--lr {lr / 10:g}, a tenth of this run's {lr:g})"

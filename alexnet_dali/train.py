@@ -260,6 +260,10 @@ class Run:
         return path
 
 
+def fmt_rgb(values) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
 def build_run(config: TrainConfig, state: TrainState, data: PreparedData, dist: DistInfo,
               placement: Placement) -> Run:
     """The model, optimiser, schedule and loaders of a run, continuing `state`."""
@@ -272,6 +276,12 @@ def build_run(config: TrainConfig, state: TrainState, data: PreparedData, dist: 
                                                            patience=config.lr_patience, min_lr=config.min_lr)
     rank_state = None
     check_resume(state, config, data, global_batch if state.optimizer is not None else None)
+    # The model's own PCA (its input mean and lighting), never one recomputed from the data: a run
+    # resumed or fitted on a changed data set must see its inputs centred as it was trained.
+    pca = state.bundle.pca
+    if pca != data.pca and dist.is_main:
+        logger.info(f"the model's RGB PCA (mean {fmt_rgb(pca.mean)}, over {pca.images} images) is kept; this data's "
+                    f"differs (mean {fmt_rgb(data.pca.mean)}, over {data.pca.images} images)")
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
         scheduler.load_state_dict(state.scheduler)
@@ -288,10 +298,10 @@ def build_run(config: TrainConfig, state: TrainState, data: PreparedData, dist: 
     if dist.distributed:
         model = DistributedDataParallel(net, device_ids=[placement.device] if placement.on_gpu else None,
                                         gradient_as_bucket_view=True, bucket_cap_mb=DDP_BUCKET_MB)
-    train_loader = training_loader(data.train, data.pca, placement, dist, batch_size=per_process, seed=config.seed,
+    train_loader = training_loader(data.train, pca, placement, dist, batch_size=per_process, seed=config.seed,
                                    lighting=config.lighting, prefetch=config.prefetch,
                                    state=rank_state and rank_state["dali"])
-    val_loader = evaluation_loader(data.val, data.pca, placement, dist, batch_size=per_process,
+    val_loader = evaluation_loader(data.val, pca, placement, dist, batch_size=per_process,
                                    prefetch=config.prefetch)
     warmup = Warmup.for_epochs(optimizer, lr, config.warmup_epochs, len(train_loader))
     guard = DivergenceGuard(len(data.train.classes))
@@ -299,7 +309,7 @@ def build_run(config: TrainConfig, state: TrainState, data: PreparedData, dist: 
         warmup.load_state_dict(state.warmup)
         warmup.peak_lr = lr  # a --lr changed on resume is the lr from now on
         guard.load_state_dict(state.guard)
-    bundle = ModelBundle(net, data.pca, data.train.classes, data.train.class_names, config.precision)
+    bundle = ModelBundle(net, pca, data.train.classes, data.train.class_names, config.precision)
     run = Run(config, dist, placement, data, bundle, model, optimizer, scheduler, train_loader, val_loader,
               {key: list(values) for key, values in state.history.items()}, state.epoch, rank_state, global_batch,
               code_version(), warmup, guard)
@@ -374,7 +384,7 @@ def train(config: TrainConfig, state: TrainState | None = None, *, data: Prepare
         for epoch in range(run.start_epoch, config.epochs):
             progress = EpochProgress.resumed(run.rank_state, placement.device)
             run.rank_state = None
-            sample_grid = (lambda images: log_sample_grid(run.writer, images, data.pca.mean, epoch)) \
+            sample_grid = (lambda images: log_sample_grid(run.writer, images, run.bundle.pca.mean, epoch)) \
                 if run.writer is not None and epoch == 0 else None
             with tqdm(total=len(run.train_loader), initial=progress.step, disable=not dist.is_main,
                       desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", dynamic_ncols=True) as bar:

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from alexnet_dali.checkpoint import load_checkpoint, save_checkpoint
 from alexnet_dali.config import ConfigError, TrainConfig
 from alexnet_dali.schedule import DivergenceGuard, Warmup, lr_for_batch
 from conftest import layout_args, make_original_layout, run_cli, wait_for_progress
@@ -264,19 +265,17 @@ def test_a_run_that_diverges_stops_at_the_next_sync_point_and_saves_nothing_afte
 
 
 def test_nan_inputs_stop_the_run_with_advice_about_the_inputs_and_best_pt_survives(sixteen, tmp_path):
-    """Epoch 1 trains; then the PCA cache is damaged (JSON allows NaN) and the run resumes: every
-    input pixel is NaN. The run stops at epoch 2's first sync point, says the inputs are at fault,
-    not the lr, and saves nothing: last.pt and best.pt still hold epoch 1, finite."""
+    """Epoch 1 trains; then the PCA the model keeps in last.pt (the one a resumed run uses) is
+    damaged and the run resumes: every input pixel is NaN. The run stops at epoch 2's first sync
+    point, says the inputs are at fault, not the lr, and saves nothing after: last.pt and best.pt
+    still hold epoch 1, with finite weights."""
     out = tmp_path / "run"
     run_cli(*train_args(sixteen, out, "--batch-size", "4", "--lr", "1e-3", "--epochs", "1"), check=True)
     best_before = (out / "best.pt").read_bytes()
-    (cached,) = (sixteen["data"] / ".alexnet-dali").glob("pca-*.json")
-    healthy = cached.read_text()
-    cached.write_text(json.dumps({**json.loads(healthy), "mean": [math.nan] * 3}))
-    try:
-        result = run_cli(*train_args(sixteen, out, "--batch-size", "4", "--lr", "1e-3", "--epochs", "2", "--resume"))
-    finally:
-        cached.write_text(healthy)
+    state = load_checkpoint(out / "last.pt")
+    state["pca"]["mean"] = [math.nan] * 3
+    save_checkpoint({k: v for k, v in state.items() if k not in ("format", "version")}, out / "last.pt")
+    result = run_cli(*train_args(sixteen, out, "--batch-size", "4", "--lr", "1e-3", "--epochs", "2", "--resume"))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert line.startswith("error: training stopped in epoch 2 at step 4/4: the training loss became nan; "

@@ -21,7 +21,7 @@ import torch
 
 from alexnet_dali.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from alexnet_dali.config import ConfigError
-from conftest import layout_args, make_original_layout, run_cli, tiny_config, train_args
+from conftest import layout_args, make_original_layout, run_cli, tiny_config, train_args, write_image
 
 TIMEOUT = 600  # seconds: a generous bound for a step on a loaded two-core machine, not a pace
 
@@ -172,13 +172,23 @@ def test_resume_refuses_options_that_would_make_another_run(layout, one_epoch, t
 def test_resume_applies_what_may_change_and_config_json_tells_the_truth(layout, one_epoch, tmp_path):
     """The command gives a new lr, momentum and patience and leaves out the batch size and the
     lighting: the changes take effect (the optimiser and schedule really use them), the rest
-    comes from the checkpoint, and config.json and the next checkpoint record what was used."""
+    comes from the checkpoint, and config.json and the next checkpoint record what was used.
+    The data moved and gained a red image: the model keeps the RGB PCA it was trained with (its
+    inputs' mean), where it used to take the new data's."""
     out = copy_run(one_epoch, tmp_path / "run")
-    result = run_cli("train", *layout_args(layout), "--out", out, "--resume", "--device", "cpu", "--dali-threads", "1",
+    moved = dict(layout, data=tmp_path / "moved", labels=tmp_path / "labels.json")
+    shutil.copytree(layout["data"], moved["data"], ignore=shutil.ignore_patterns(".alexnet-dali"))
+    write_image(moved["data"] / "train" / "train_red.jpg", 96, 80, array=np.full((80, 96, 3), (250, 0, 0), np.uint8))
+    labels = json.loads(Path(layout["labels"]).read_text())
+    moved["labels"].write_text(json.dumps({**labels, "train_red": "cat"}))
+    result = run_cli("train", *layout_args(moved), "--out", out, "--resume", "--device", "cpu", "--dali-threads", "1",
                      "--epochs", "2", "--lr", "1e-4", "--momentum", "0.5", "--lr-patience", "3", check=True)
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("changed on resume")]
-    for change in ("--epochs: 1 -> 2", "--lr: 3e-05 -> 0.0001", "--momentum: 0.9 -> 0.5", "--lr-patience: 5 -> 3"):
+    for change in ("--epochs: 1 -> 2", "--lr: 3e-05 -> 0.0001", "--momentum: 0.9 -> 0.5", "--lr-patience: 5 -> 3",
+                   f"DATA: {layout['data']} -> {moved['data']}"):
         assert change in line
+    assert "training on 9 images" in result.stdout and "the model's RGB PCA (mean" in result.stdout
+    assert load_checkpoint(out / "last.pt")["pca"] == load_checkpoint(one_epoch / "last.pt")["pca"]
     assert "resuming" in result.stdout and "lr 0.0001" in result.stdout
     config = json.loads((out / "config.json").read_text())
     assert {k: config[k] for k in ("epochs", "lr", "momentum", "lr_patience", "batch_size", "global_batch",
