@@ -29,20 +29,22 @@ DEFAULT_COUNTS = {"train": 40, "val": 12, "test": 4}  # images per class
 DEMO_OPTIONS = {"batch_size": 32, "lr": 0.0005, "lr_patience": 2}
 
 
-def class_colour(kind: str, rng: np.random.Generator, colour_cue: bool = True) -> np.ndarray:
+def class_colour(kind: str, rng: np.random.Generator, colour_cue: bool = True, hue: float | None = None) -> np.ndarray:
     """A colour from the class's own hue family (so colour, as well as pattern, tells the classes
     apart: the first cue a freshly initialised AlexNet learns), or without `colour_cue` any hue
-    (then only the pattern does)."""
+    (then only the pattern does). `hue` (0-1) names the family; by default the kind's own."""
     if colour_cue:
-        hue = (CLASSES.index(kind) / len(CLASSES) + rng.uniform(-0.05, 0.05)) % 1.0
+        centre = CLASSES.index(kind) / len(CLASSES) if hue is None else hue
+        hue = (centre + rng.uniform(-0.05, 0.05)) % 1.0
     else:
         hue = rng.uniform(0.0, 1.0)
     saturation, value = rng.uniform(0.6, 1.0), rng.uniform(0.7, 1.0)
     return 255.0 * np.array(colorsys.hsv_to_rgb(hue, saturation, value))
 
 
-def draw(kind: str, width: int, height: int, rng: np.random.Generator, colour_cue: bool = True) -> np.ndarray:
-    """One RGB uint8 image of the given class."""
+def draw(kind: str, width: int, height: int, rng: np.random.Generator, colour_cue: bool = True,
+         hue: float | None = None) -> np.ndarray:
+    """One RGB uint8 image of the given pattern, in the given hue family (see class_colour)."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     period = rng.uniform(0.08, 0.2) * min(width, height)
     phase = rng.uniform(0, 2 * np.pi)
@@ -60,38 +62,42 @@ def draw(kind: str, width: int, height: int, rng: np.random.Generator, colour_cu
         wave = np.sin(2 * np.pi * (x + sign * y) / (period * 1.4) + phase)
     else:
         raise ValueError(f"unknown demo class {kind!r}")
-    first, second = class_colour(kind, rng, colour_cue), rng.uniform(0, 255, size=3) * 0.5
+    first, second = class_colour(kind, rng, colour_cue, hue), rng.uniform(0, 255, size=3) * 0.5
     mix = (wave[..., None] > 0).astype(np.float32) * 0.8 + 0.1 + 0.1 * wave[..., None]
     image = first * mix + second * (1 - mix) + rng.normal(0, 12, size=(height, width, 3))
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def make_demo_dataset(root: str | Path, counts: dict[str, int] | None = None, seed: int = 0,
-                      colour_cue: bool = True) -> dict[str, Path]:
+                      colour_cue: bool = True, hue_families: int = 1) -> dict[str, Path]:
     """Write DATA/{train,val,test}/*.jpg, labels.json (image id -> class) and
-    label_encoding.json (class -> index) under `root`. Returns their paths."""
+    label_encoding.json (class -> index) under `root`. Returns their paths. `hue_families` > 1
+    makes 5 × that many classes: each pattern in each hue family ("rings-2"), for measurements
+    on more classes than the demo's five."""
     root = Path(root)
     counts = dict(DEFAULT_COUNTS if counts is None else counts)
+    classes = {kind: (kind, None) for kind in CLASSES} if hue_families == 1 else \
+        {f"{kind}-{h}": (kind, h / hue_families) for kind in CLASSES for h in range(hue_families)}
     rng = np.random.default_rng(seed)
     labels: dict[str, str] = {}
     for split, per_class in counts.items():
         folder = root / split
         folder.mkdir(parents=True, exist_ok=True)
         for index in range(per_class):
-            for kind in CLASSES:
+            for name, (kind, hue) in classes.items():
                 short = int(rng.integers(160, 400))
                 aspect = float(rng.uniform(0.6, 1.7))
                 width, height = (int(short * aspect), short) if aspect >= 1 else (short, int(short / aspect))
-                image = Image.fromarray(draw(kind, width, height, rng, colour_cue))
+                image = Image.fromarray(draw(kind, width, height, rng, colour_cue, hue))
                 style = int(rng.integers(0, 10))
                 if style == 0:
                     image = image.convert("L")  # grayscale JPEG: DALI still returns 3 channels
-                image_id = f"{split}_{kind}_{index:03d}"
+                image_id = f"{split}_{name}_{index:03d}"
                 image.save(folder / f"{image_id}.jpg", quality=int(rng.integers(75, 96)), progressive=style == 1)
-                labels[image_id] = kind
+                labels[image_id] = name
     paths = {"data": root, "labels": root / "labels.json", "label_encoding": root / "label_encoding.json"}
     paths["labels"].write_text(json.dumps(labels, indent=1, sort_keys=True))
-    paths["label_encoding"].write_text(json.dumps({kind: i for i, kind in enumerate(CLASSES)}, indent=1))
+    paths["label_encoding"].write_text(json.dumps({name: i for i, name in enumerate(classes)}, indent=1))
     return paths
 
 

@@ -123,6 +123,35 @@ def test_guard_looks_at_each_stretch_between_sync_points():
 # -- Learning on a small set of one's own --------------------------------------------------------
 
 
+
+def test_hue_families_make_five_patterns_times_that_many_classes(tmp_path):
+    """The 20-class set of README's init-bias table: each pattern in four hue families, told apart
+    by the images' own colours (mean hue of the bright pattern pixels), not by their names only."""
+    import colorsys
+
+    import numpy as np
+    from PIL import Image
+
+    from alexnet_dali.demo import CLASSES, make_demo_dataset
+
+    paths = make_demo_dataset(tmp_path, counts={"train": 2}, seed=0, hue_families=4)
+    encoding = json.loads(paths["label_encoding"].read_text())
+    labels = json.loads(paths["labels"].read_text())
+    assert list(encoding) == [f"{kind}-{h}" for kind in CLASSES for h in range(4)]
+    assert sorted(labels.values()) == sorted(list(encoding) * 2)
+    coloured = 0
+    for image_id, name in labels.items():
+        pixels = np.asarray(Image.open(tmp_path / "train" / f"{image_id}.jpg").convert("RGB"), dtype=float) / 255
+        bright = pixels[pixels.max(axis=2) > np.quantile(pixels.max(axis=2), 0.9)].mean(axis=0)
+        hue, saturation, _ = colorsys.rgb_to_hsv(*bright)
+        if saturation < 0.2:  # one image in ten is saved as a grayscale JPEG, as in the demo
+            continue
+        coloured += 1
+        family = int(name.rsplit("-", 1)[1])
+        assert min(abs(hue - family / 4), 1 - abs(hue - family / 4)) < 0.1, (image_id, hue)
+    assert coloured >= 30
+
+
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     """`alexnet-dali train` with the defaults at batch 16 (lr 0.00125 by the batch rule) for six
