@@ -310,8 +310,10 @@ def training_loader(files, device: str, batch_size: int, *, threads: int | None 
     return loader, where.threads
 
 
-def decode_only_loader(files, device: str, batch_size: int, threads: int, hw_decoder_load: float = HW_DECODER_LOAD):
-    """The training pipeline's reader and decoder alone, as a torch iterable."""
+def decode_only_loader(files, device: str, batch_size: int, threads: int, hw_decoder_load: float = HW_DECODER_LOAD,
+                       fancy_upsampling: bool = True):
+    """The training pipeline's reader and decoder alone, as a torch iterable (on a GPU, with
+    fancy_upsampling=False: nvJPEG's own chroma upsampling instead of libjpeg-turbo's)."""
     import nvidia.dali.fn as fn
     from nvidia.dali import pipeline_def
     from nvidia.dali.plugin.pytorch import LastBatchPolicy
@@ -325,7 +327,7 @@ def decode_only_loader(files, device: str, batch_size: int, threads: int, hw_dec
     def decoding():
         encoded, label = fn.readers.file(files=files, labels=[0] * len(files), name=READER_NAME, pad_last_batch=True)
         # a 1×1 crop so the iterator copies nothing: the time is the decoder's
-        return fn.crop(decode(encoded, device, hw_decoder_load), crop=(1, 1)), label
+        return fn.crop(decode(encoded, device, hw_decoder_load, fancy_upsampling), crop=(1, 1)), label
 
     pipe = decoding()
     pipe.build()

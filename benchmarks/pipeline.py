@@ -10,6 +10,9 @@
                       GPU, where torchvision is installed
   *-decode            decode only, to see how close each is to its decoder's own limit
   *-no-lighting       the training pipeline with the PCA lighting off (what lighting costs)
+  dali-gpu-decode-plain-upsampling
+                      decode only, nvJPEG's own chroma upsampling instead of the libjpeg-turbo
+                      interpolation the trainer asks for (jpeg_fancy_upsampling): what parity costs
   *-pca-stats         the statistics pass that computes the PCA (decode, centre 256, exact sums)
   dali-cpu-s3         with --s3: dali-cpu reading the same files as s3:// objects from a local S3
                       server (moto, on loopback, sharing the cores): what streaming costs
@@ -278,6 +281,10 @@ def main(argv=None):
             if device == "gpu" and torchvision_available():
                 add(f"torchvision-gpu{suffix}", device, TorchvisionGpu(subset, batch_size, decode_only), kind, 1,
                     **size)
+        if device == "gpu":
+            add("dali-gpu-decode-plain-upsampling", device,
+                decode_only_loader(subset, device, batch_size, first_threads, first_load, fancy_upsampling=False),
+                "decode", first_threads, hw=first_load, **size)
         add(f"dali-{device}-no-lighting", device,
             training_loader(subset, device, batch_size, threads=first_threads, lighting=0.0, **gpu_load)[0],
             "training pipeline", first_threads, hw=first_load, **size)
@@ -331,6 +338,8 @@ def ratio_notes(rows: list[dict]) -> list[str]:
                 notes.append(f"dali-cpu-s3 / {name} = {ratio(s3, row):.2f} (the S3 server shares the same cores)")
             if (lighting_off := find(f"dali-{device}-no-lighting", like=row)) is not None:
                 notes.append(f"{name}: lighting on / off = {ratio(row, lighting_off):.3f}")
+        if base == "dali-gpu-decode" and (plain := find("dali-gpu-decode-plain-upsampling", like=row)) is not None:
+            notes.append(f"{name}: fancy chroma upsampling on / off = {ratio(row, plain):.3f}")
         if base in (f"dali-{device}", "pil-dataloader", "torchvision-gpu"):
             partner = find(f"{base}-decode", like=row if base == f"dali-{device}" else None)
             if partner is not None:

@@ -42,15 +42,16 @@ def on_device(labels, device: str):
     return labels.gpu() if device == "gpu" else labels
 
 
-def decode(encoded, device: str, hw_decoder_load: float):
-    """JPEG/PNG/... -> RGB uint8 HWC, on the CPU (libjpeg-turbo) or the GPU (nvJPEG + hardware decoder)."""
+def decode(encoded, device: str, hw_decoder_load: float, fancy_upsampling: bool = True):
+    """JPEG/PNG/... -> RGB uint8 HWC, on the CPU (libjpeg-turbo) or the GPU (nvJPEG + hardware decoder).
+    `fancy_upsampling=False` exists for the benchmark that measures what it costs on a GPU."""
     if device == "gpu":
         # jpeg_fancy_upsampling: interpolate 4:2:0 chroma as libjpeg-turbo (the CPU decoder) does.
         # nvJPEG's default repeats each chroma sample over 2×2 pixels, which changes the colours
         # along every colour edge: a model trained on one device would be tested on other pixels.
         return fn.decoders.image(
             encoded, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load,
-            jpeg_fancy_upsampling=True,
+            jpeg_fancy_upsampling=fancy_upsampling,
             device_memory_padding=DEVICE_MEMORY_PADDING, host_memory_padding=HOST_MEMORY_PADDING,
         )
     if device == "cpu":

@@ -124,3 +124,19 @@ def test_suite_runs_the_tests_and_every_benchmark_into_one_folder(tmp_path):
             assert any(re.match(r"\s+".join(map(re.escape, cells)) + r"\s", line) for line in lines), cells
         for note in report["notes"]:
             assert note in lines
+
+
+def test_gpu_ratio_notes_give_what_fancy_upsampling_costs(monkeypatch):
+    """The GPU rows cannot run here: the notes are checked on rows as the GPU run records them
+    (the decode rows of a sweep, and the plain-upsampling row at the sweep's first setting)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from pipeline import ratio_notes
+
+    def row(name, base, rate, threads=8, load=1.0):
+        return {"name": name, "base": base, "device": "gpu", "threads": threads, "hw_decoder_load": load,
+                "images_per_sec": rate}
+
+    rows = [row("dali-gpu-decode[hw=1]", "dali-gpu-decode", 20000.0),
+            row("dali-gpu-decode[hw=0.65]", "dali-gpu-decode", 9000.0, load=0.65),
+            row("dali-gpu-decode-plain-upsampling", "dali-gpu-decode-plain-upsampling", 25000.0)]
+    assert ratio_notes(rows) == ["dali-gpu-decode[hw=1]: fancy chroma upsampling on / off = 0.800"]
