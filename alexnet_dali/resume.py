@@ -48,7 +48,7 @@ def resume_state(config: TrainConfig) -> TrainState | None:
 RESUME_CHANGES = ("epochs", "checkpoint_every", "lr", "momentum", "weight_decay", "lr_patience", "min_lr",
                   "precision", "skip_bad", "data", "labels", "label_encoding", "val_split")
 RESUME_INVOCATION = ("out", "resume", "device", "dali_threads", "prefetch", "hw_decoder_load", "cache_dir", "refresh",
-                     "dist_timeout")
+                     "dist_timeout", "compile")
 
 
 def resumed_config(state: TrainState, config: TrainConfig, given: set[str], world_size: int) -> TrainConfig:

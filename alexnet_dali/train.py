@@ -298,6 +298,8 @@ def build_run(config: TrainConfig, state: TrainState, data: PreparedData, dist: 
     if dist.distributed:
         model = DistributedDataParallel(net, device_ids=[placement.device] if placement.on_gpu else None,
                                         gradient_as_bucket_view=True, bucket_cap_mb=DDP_BUCKET_MB)
+    if config.compile:  # the steps only: checkpoints and validation use `net` itself, whose keys stay plain
+        model = torch.compile(model)
     train_loader = training_loader(data.train, pca, placement, dist, batch_size=per_process, seed=config.seed,
                                    lighting=config.lighting, prefetch=config.prefetch,
                                    state=rank_state and rank_state["dali"])
@@ -343,6 +345,8 @@ def start_logs(run: Run, per_process: int, lr: float) -> None:
                 f"{len(data.val)}; {run.dist.world_size} process(es) on {run.placement.device.type}, "
                 f"global batch {run.global_batch}; run directory {out}")
     logger.info(lr_rule + (f", reached after {run.warmup.steps} warmup steps" if run.warmup.steps else ""))
+    if config.compile:
+        logger.info("--compile: the first training step compiles the network (torch.compile), which takes a while")
     logger.info(f"TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
 
 

@@ -317,3 +317,21 @@ def test_a_gpu_placement_lets_cudnn_time_its_algorithms_for_every_use():
     assert torch.backends.cudnn.benchmark
     place("cpu", threads=1, hw_decoder_load=HW)
     assert torch.backends.cudnn.benchmark  # a CPU placement leaves it as it was
+
+
+@gpu
+def test_gpu_training_with_compile_bf16_and_channels_last(tmp_path):
+    """--compile on the GPU path (bf16 autocast, channels_last inputs from DALI): it trains, every
+    loss is finite, and the checkpoint holds the plain network's keys."""
+    from alexnet_dali.config import TrainConfig
+    from alexnet_dali.model import AlexNetModule
+    from alexnet_dali.train import train
+
+    layout = make_original_layout(tmp_path / "data", per_split={"train": 16, "val": 8})
+    config = TrainConfig(data=str(layout["data"]), labels=str(layout["labels"]),
+                         label_encoding=str(layout["label_encoding"]), out=str(tmp_path / "run"), epochs=2,
+                         batch_size=8, lr=1e-3, device="gpu", precision="bf16", compile=True)
+    state = train(config)
+    assert all(np.isfinite(state.history["loss"])) and next(state.bundle.net.parameters()).is_cuda
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    assert saved.keys() == AlexNetModule(2).state_dict().keys()

@@ -12,7 +12,7 @@ from alexnet_dali.config import ConfigError, TrainConfig
 from alexnet_dali.metrics import HISTORY_KEYS
 from alexnet_dali.model import AlexNetModule
 from alexnet_dali.train import train
-from conftest import cpu_placement, make_original_layout, run_cli, tiny_config
+from conftest import cpu_placement, layout_args, make_original_layout, run_cli, tiny_config
 
 
 def untrained_val_loss(config: TrainConfig) -> float:
@@ -164,6 +164,26 @@ def test_cli_train_runs_and_refuses_to_overwrite_a_run(tmp_path, original_layout
     again = run_cli(*args)
     assert again.returncode == 2
     assert "last.pt exists: pass --resume" in again.stderr and "Traceback" not in again.stderr
+
+
+
+def test_compile_trains_through_inductor_and_saves_the_plain_network(tmp_path, original_layout):
+    """--compile: the steps run compiled (inductor writes its kernels to the cache folder given
+    here), the weights train, and the checkpoint holds the plain network's keys (no
+    torch.compile wrapper prefix), which every reader of checkpoints expects."""
+    inductor = tmp_path / "inductor"
+    out = tmp_path / "run"
+    result = run_cli("train", *layout_args(original_layout), "--epochs", "1", "--batch-size", "4", "--lr", "0.001",
+                     "--out", out, "--device", "cpu", "--dali-threads", "1", "--compile",
+                     env={"TORCHINDUCTOR_CACHE_DIR": str(inductor)}, check=True)
+    assert "--compile: the first training step compiles" in result.stdout and "epoch 1/1" in result.stdout
+    assert any(inductor.rglob("*.py")), "inductor compiled nothing"
+    assert json.loads((out / "config.json").read_text())["compile"] is True
+    saved = torch.load(out / "last.pt", weights_only=True)["model"]
+    torch.manual_seed(0)
+    initial = AlexNetModule(2).state_dict()
+    assert saved.keys() == initial.keys()
+    assert not torch.equal(saved["classifier.fc8.weight"], initial["classifier.fc8.weight"])  # it trained
 
 
 def test_cli_reports_bad_data_without_a_traceback(tmp_path, original_layout):

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The next GPU session's run (issue 12's open Part B items), on a lent GPU host after the two
+# staging calls (.dali/0, .dali/1 copied to /tmp/dali): a third call carrying .dali/2 and .gpu-py
+# (pytest's wheels as pylibs.tar.xz) runs, from the repo root,
+#     bash benchmarks/gpu_run.sh unpack suite inet
+# and later calls on the warm machine any other steps. Every log goes to $OUT; results/h200/run.sh
+# is what ran on the H200 on 2026-11-26. The steps, most wanted first:
+#   suite  the GPU tests, then every benchmark with a profile of each row (--profile), the reference
+#          like for like at 0.65 and 1.0, and the decoder without fancy upsampling
+#   inet   one epoch of `alexnet-dali train` on a 50,000-file 1000-class set at the defaults
+#          (hw_decoder_load 1.0), bf16, bf16 + --compile, fp32
+#   demo   `alexnet-dali demo --device gpu` at the current defaults
+set -uo pipefail
+REPO=$PWD
+export PYTHONPATH=/tmp/site:/tmp/pylibs
+export PYTHONUNBUFFERED=1
+W=/tmp/work; mkdir -p "$W"
+log() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$OUT/steps.log"; }
+
+unpack() {
+  mkdir -p /tmp/pylibs && tar -C /tmp/pylibs -xJf .gpu-py/pylibs.tar.xz
+  if [ ! -d /tmp/site/nvidia/dali ]; then
+    cp .dali/2/* /tmp/dali/ 2>/dev/null
+    (cd /tmp/dali && cat part-* > site.tar.xz && sha256sum -c SHA256SUMS && mkdir -p /tmp/site &&
+     xz -T0 -dc site.tar.xz | tar -x -C /tmp/site) || { log "unpack FAILED"; return 1; }
+  fi
+  nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+  python -m pip install --no-deps --no-index --no-build-isolation -e . > "$OUT/pip.log" 2>&1 || {
+    log "pip install -e . failed (see pip.log): using the tree on PYTHONPATH"
+    ln -sfn ../pipelines alexnet_dali/pipelines; export PYTHONPATH=$PYTHONPATH:$REPO; }
+  python - <<'EOF' 2>&1 | tee "$OUT/versions.txt"
+import torch, nvidia.dali as d, alexnet_dali, pytest
+print("torch", torch.__version__, "cuda", torch.version.cuda, "dali", d.__version__, "pytest", pytest.__version__,
+      "gpu", torch.cuda.get_device_name(0), "alexnet_dali", alexnet_dali.__file__)
+EOF
+}
+
+suite() {  # the GPU tests, then every benchmark at the GPU's sizes, each row profiled
+  timeout ${1:-360} python benchmarks/suite.py --device gpu --out "$W/suite" --hw-decoder-load 0.65,1 \
+    --threads 8,16 --profile > "$OUT/suite.out" 2>&1
+  log "suite exit $?"
+  tar -C "$W" -czf "$OUT/suite.tar.gz" suite  # one file: many small ones would be left out of $OUT
+}
+
+inet() {  # 1000 classes x (50 train + 5 val) files of the benchmark's 500x375 JPEGs: one epoch each
+  python - <<'EOF' > "$OUT/inet-make.log" 2>&1
+import os, sys
+sys.path.insert(0, "benchmarks")
+from common import imagenet_like
+files = imagenet_like(4096)
+root = "/tmp/inet"
+for split, per in (("train", 50), ("val", 5)):
+    for c in range(1000):
+        d = f"{root}/{split}/n{c:05d}"; os.makedirs(d, exist_ok=True)
+        for i in range(per):
+            k = (c * per + i + (0 if split == "train" else 50000)) % len(files)
+            dst = f"{d}/{c:05d}_{i:02d}.jpg"
+            if not os.path.exists(dst):
+                os.link(files[k], dst)
+print("made", root)
+EOF
+  log "inet data: $(tail -1 $OUT/inet-make.log)"
+  for variant in "bf16" "bf16 --compile" "fp32"; do
+    name=${variant// --/-}; rm -rf "$W/epoch-$name"
+    timeout 200 python -m alexnet_dali train /tmp/inet --out "$W/epoch-$name" --epochs 1 \
+      --batch-size 256 --precision $variant > "$OUT/inet-epoch-$name.log" 2>&1
+    log "inet epoch $variant exit $?"
+    cp "$W/epoch-$name/history.json" "$OUT/inet-epoch-$name-history.json" 2>/dev/null
+  done
+}
+
+demo() {
+  rm -rf "$W/demo"
+  timeout ${1:-150} python -m alexnet_dali demo --out "$W/demo" --device gpu > "$OUT/demo.log" 2>&1
+  log "demo exit $?"
+}
+
+for step in "$@"; do log "start $step"; $step; done
+log "done"
