@@ -232,13 +232,16 @@ def test_ctrl_c_during_the_scan_exits_130_with_one_line_and_keeps_what_was_scann
     out = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-m", "alexnet_dali", *map(str, train_args(data, out))],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in process.stdout:
-        if line.startswith("checking that 106 images decode"):
+    seen = []
+    for line in process.stdout:  # read until the scan starts (a line may carry another's unended text)
+        seen.append(line)
+        if "checking that 106 images decode" in line:
             break
+    assert process.poll() is None, f"the run ended before its scan was seen: stdout {seen}"
     time.sleep(1.5)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
+    assert process.returncode == 130, f"stdout before the signal: {seen}\nafter: {stdout}\nstderr: {stderr}"
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines() == [stderr.strip()], stderr  # one line
     assert stderr.startswith("interrupted during the image scan")
