@@ -219,13 +219,13 @@ def test_the_lr_used_is_printed_with_its_reason_and_recorded(sixteen, tmp_path):
     assert json.loads((tmp_path / "run" / "history.json").read_text())["lr"] == [0.0003125]
 
 
-WARMUP = ("--batch-size", "4", "--lr", "1e-3", "--warmup-epochs", "2.5")  # 4 steps an epoch: a 10-step ramp
+WARMUP = ("--batch-size", "4", "--lr", "1e-3", "--warmup-epochs", "1.5")  # 4 steps an epoch: a 6-step ramp
 
 
 @pytest.fixture(scope="module")
 def warmup_reference(sixteen, tmp_path_factory):
     out = tmp_path_factory.mktemp("warmup") / "reference"
-    run_cli(*train_args(sixteen, out, "--epochs", "3", *WARMUP), check=True)
+    run_cli(*train_args(sixteen, out, "--epochs", "2", *WARMUP), check=True)
     return out
 
 
@@ -241,15 +241,15 @@ def assert_same_run(out, reference):
 
 
 def test_warmup_continues_exactly_across_a_resume(sixteen, warmup_reference, tmp_path):
-    """The lr of each epoch's last step is 4/10, 8/10, then all of the peak. Stopping after epoch
-    1, inside the ramp, and resuming gives the same lr, losses and weights as the run that never
+    """The lr of each epoch's last step is 4/6, then all of the peak. Stopping after epoch 1,
+    inside the ramp, and resuming gives the same lr, losses and weights as the run that never
     stopped."""
     uninterrupted = json.loads((warmup_reference / "history.json").read_text())
-    assert uninterrupted["lr"] == pytest.approx([4e-4, 8e-4, 1e-3])
+    assert uninterrupted["lr"] == pytest.approx([4e-3 / 6, 1e-3])
     out = tmp_path / "run"
     first = run_cli(*train_args(sixteen, out, "--epochs", "1", *WARMUP), check=True)
-    assert "lr 0.001 (--lr), reached after 10 warmup steps" in first.stdout
-    run_cli(*train_args(sixteen, out, "--epochs", "3", "--resume", *WARMUP), check=True)
+    assert "lr 0.001 (--lr), reached after 6 warmup steps" in first.stdout
+    run_cli(*train_args(sixteen, out, "--epochs", "2", "--resume", *WARMUP), check=True)
     assert_same_run(out, warmup_reference)
 
 
@@ -262,15 +262,15 @@ def test_warmup_continues_exactly_after_a_mid_epoch_stop(sixteen, warmup_referen
 
     out = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-m", "alexnet_dali", *map(str, train_args(sixteen, out, "--epochs",
-                                                                                           "3", *WARMUP))],
+                                                                                           "2", *WARMUP))],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_progress(process, "| 1/4")  # the first of epoch 1's four steps is done, whatever a step takes
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM
     state = torch.load(out / "last.pt", weights_only=True)
-    assert state["ranks"][0]["step"] % 4 and 0 < state["warmup"]["taken"] < 10, (state["epoch"], state["warmup"])
-    run_cli(*train_args(sixteen, out, "--epochs", "3", "--resume", *WARMUP), check=True)
+    assert state["ranks"][0]["step"] % 4 and 0 < state["warmup"]["taken"] < 6, (state["epoch"], state["warmup"])
+    run_cli(*train_args(sixteen, out, "--epochs", "2", "--resume", *WARMUP), check=True)
     assert_same_run(out, warmup_reference)
 
 
