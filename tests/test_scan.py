@@ -230,8 +230,12 @@ def test_ctrl_c_during_the_scan_exits_130_with_one_line_and_keeps_what_was_scann
     for name in ("a", "b"):
         write_image(data / "val" / name / "000.jpg", 32, 32)
     out = tmp_path / "run"
+    # Ctrl-C as a terminal sends it: to a process whose SIGINT is not ignored. A shell without job
+    # control starts background commands (`pytest &`) with SIGINT ignored, Python then installs no
+    # KeyboardInterrupt, and the signal would be lost (seen in a backgrounded CI run).
     process = subprocess.Popen([sys.executable, "-m", "alexnet_dali", *map(str, train_args(data, out))],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in process.stdout:  # read until the scan starts (a line may carry another's unended text)
         seen.append(line)
