@@ -29,6 +29,7 @@ VERSION = 2  # 2: the typed state (state.py) adds arch, precision, warmup; forma
 LAST = "last.pt"
 PREVIOUS = "previous.pt"
 BEST = "best.pt"
+HISTORY = "history.json"  # written by the trainer beside the checkpoints
 
 
 class CheckpointError(RuntimeError):
@@ -90,6 +91,7 @@ def write_failure(error: BaseException, path: Path) -> BaseException:
     if isinstance(cause, OSError):
         unchanged = f"{path} is unchanged" if path.exists() else f"no {path.name} was written"
         again = (" (or pass another --out) and run again with --resume" if path.name in (LAST, PREVIOUS, BEST)
+                 else f" and run again with --resume ({LAST} holds the epoch)" if path.name == HISTORY
                  else " and try again")
         return CheckpointError(f"cannot write {path}: {cause.strerror or cause} (errno {cause.errno}); the partial "
                                f"file was removed and {unchanged}. Free space on that disk{again}")

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__, distributed
-from .checkpoint import BEST, LAST, CheckpointError, link, save_checkpoint
+from .checkpoint import BEST, HISTORY, LAST, CheckpointError, link, save_checkpoint, write_failure
 from .config import TrainConfig, write_config
 from .distributed import DistInfo
 from .evaluate import autocast, evaluate
@@ -337,9 +337,10 @@ def start_logs(run: Run, per_process: int, lr: float) -> None:
     config, data, out = run.config, run.data, run.out
     out.mkdir(parents=True, exist_ok=True)
     lr_rule = lr_for_batch(config.lr, config.batch_size, run.dist.world_size, config.per_gpu_batch)[1]
-    write_config(config, out / "config.json", **run.version, world_size=run.dist.world_size,
-                 global_batch=run.global_batch, batch_per_process=per_process, lr_effective=lr, lr_rule=lr_rule,
-                 train_images=len(data.train), val_images=len(data.val), classes=list(data.train.classes))
+    write_run_file(lambda path: write_config(
+        config, path, **run.version, world_size=run.dist.world_size, global_batch=run.global_batch,
+        batch_per_process=per_process, lr_effective=lr, lr_rule=lr_rule, train_images=len(data.train),
+        val_images=len(data.val), classes=list(data.train.classes)), out / "config.json")
     run.writer = SummaryWriter(str(out / "tensorboard"), purge_step=run.start_epoch)
     logger.info(f"training on {len(data.train)} images ({len(data.train.classes)} classes), validating on "
                 f"{len(data.val)}; {run.dist.world_size} process(es) on {run.placement.device.type}, "
@@ -348,6 +349,14 @@ def start_logs(run: Run, per_process: int, lr: float) -> None:
     if config.compile:
         logger.info("--compile: the first training step compiles the network (torch.compile), which takes a while")
     logger.info(f"TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
+
+
+def write_run_file(write, path: Path) -> None:
+    """config.json, history.json: a write that fails (a full disk) is one line, as a checkpoint's is."""
+    try:
+        write(path)
+    except OSError as e:
+        raise write_failure(e, path) from None
 
 
 def end_epoch(run: Run, epoch: int, metrics: EpochMetrics) -> None:
@@ -359,7 +368,7 @@ def end_epoch(run: Run, epoch: int, metrics: EpochMetrics) -> None:
               if math.isfinite(loss)]
     if math.isfinite(metrics.val_loss) and metrics.val_accuracy > max(finite, default=-1.0):
         link(path, run.out / BEST)  # never a model whose validation loss is NaN
-    write_json(run.history, run.out / "history.json", indent=2)
+    write_run_file(lambda path: write_json(run.history, path, indent=2), run.out / HISTORY)
     metrics.write(run.writer, epoch + 1)
     run.writer.flush()
     logger.info(f"epoch {epoch + 1}/{run.config.epochs}: loss {metrics.loss:.4f}, top-1 {metrics.accuracy:.1%}, "

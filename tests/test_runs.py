@@ -277,6 +277,23 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_last(layout, one_
     assert os.stat(out / "last.pt").st_ino == kept.st_ino and load_checkpoint(out / "last.pt")["epoch"] == 1
 
 
+
+def test_a_history_that_cannot_be_written_is_one_line_after_the_checkpoint(layout, one_epoch, tmp_path):
+    """history.json is written after the epoch's checkpoint; when that write fails (here the name
+    is taken by a folder, which os.replace cannot replace, as a full disk would fail it) the run
+    stops with one line naming the file and saying that last.pt holds the epoch. It used to end in a
+    traceback."""
+    out = copy_run(one_epoch, tmp_path / "run")
+    (out / "history.json").unlink()
+    (out / "history.json").mkdir()
+    result = run_cli(*train_args(layout, out, "--epochs", "2", "--resume"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    (line,) = messages(result.stderr)
+    assert line.startswith(f"error: cannot write {out / 'history.json'}: Is a directory")
+    assert line.endswith("run again with --resume (last.pt holds the epoch)")
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2 and partial_files(out) == []
+
+
 class Output:
     """A process's stdout and stderr as they arrive (tqdm ends its updates with \\r, not \\n)."""
 
