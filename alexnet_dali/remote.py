@@ -505,6 +505,57 @@ def refreshed_at(local_root: Path, split: str) -> float:
         return 0.0
 
 
+def list_labelled_splits(folder_url: str, splits, labelled: dict, labels_name: str,
+                         policy: FetchPolicy) -> dict[str, dict[str, str]]:
+    """split -> image file name -> URL, as the server lists them now; every listed file that is
+    not an image name or has no label is a problem, all reported together."""
+    listed: dict[str, dict[str, str]] = {}
+    problems = []
+    for split in splits:
+        split_url = folder_url + urllib.parse.quote(split) + "/"
+        listed[split] = {}
+        for name in list_split(split_url, policy):
+            file_url = split_url + urllib.parse.quote(name)
+            if name == MANIFEST:
+                continue
+            if not is_image_name(name):
+                problems.append(Problem(file_url, f"not an image file name (extension "
+                                                  f"{os.path.splitext(name)[1] or 'none'!r})"))
+                continue
+            if image_id(name, labelled) is None:
+                problems.append(Problem(file_url, f"unlabelled: neither {name!r} nor "
+                                                  f"{os.path.splitext(name)[0]!r} is in {labels_name}"))
+                continue
+            listed[split][name] = file_url
+    if problems:
+        raise DataError(problems, f"problems in {folder_url}")
+    return listed
+
+
+def sync_plan(local_root: Path, listed: dict[str, dict[str, str]], refreshing: list[str], known: dict):
+    """What brings the cache to the listing: removes (at once) the cached files the server no
+    longer lists, and returns the downloads of new files and the revalidations of cached ones
+    (in the `refreshing` splits, with the validators `known` for them), and how many were removed."""
+    new, revalidated, removed = [], [], 0
+    for split, files in listed.items():
+        folder = local_root / split
+        folder.mkdir(exist_ok=True)
+        cached = cached_names(folder)
+        for name in sorted(cached - files.keys()):  # gone from the server: never trained on again
+            (folder / name).unlink()
+            removed += 1
+        for name, file_url in files.items():
+            destination = folder / name
+            if name not in cached:
+                new.append((file_url, destination, None))
+            elif split in refreshing:
+                validators = known.get(f"{split}/{name}")
+                if validators is not None and validators.length != destination.stat().st_size:
+                    validators = None  # the cached copy is damaged: fetch it whole
+                revalidated.append((file_url, destination, validators))
+    return new, revalidated, removed
+
+
 def fetch_dataset(url: str, labels: str | None, label_encoding: str | None, *, cache_dir: str | os.PathLike | None = None,
                   splits: tuple[str, ...] = ("train", "val"), refresh: bool = False,
                   policy: FetchPolicy = FetchPolicy()) -> tuple[str, str | None, str | None]:
@@ -533,49 +584,12 @@ def fetch_dataset(url: str, labels: str | None, label_encoding: str | None, *, c
         fcntl.flock(lock, fcntl.LOCK_EX)
         labels_path = fetch_json(labels, local_root, "labels", policy)
         encoding_path = fetch_json(label_encoding, local_root, "label encoding", policy)
-        labelled = load_json(labels_path, "labels")
-        listed: dict[str, dict[str, str]] = {}  # split -> file name -> URL
-        problems = []
-        for split in splits:
-            split_url = folder_url + urllib.parse.quote(split) + "/"
-            listed[split] = {}
-            for name in list_split(split_url, policy):
-                file_url = split_url + urllib.parse.quote(name)
-                if name == MANIFEST:
-                    continue
-                if not is_image_name(name):
-                    problems.append(Problem(file_url, f"not an image file name (extension "
-                                                      f"{os.path.splitext(name)[1] or 'none'!r})"))
-                    continue
-                if image_id(name, labelled) is None:
-                    problems.append(Problem(file_url, f"unlabelled: neither {name!r} nor "
-                                                      f"{os.path.splitext(name)[0]!r} is in {labels}"))
-                    continue
-                listed[split][name] = file_url
-        if problems:
-            raise DataError(problems, f"problems in {folder_url}")
-
+        listed = list_labelled_splits(folder_url, splits, load_json(labels_path, "labels"), labels, policy)
         validator_log = ValidatorLog(local_root)
         # A refresh that another process (a torchrun rank) completed after this one asked is as good.
         refreshing = [split for split in splits if refresh and refreshed_at(local_root, split) < asked_at]
-        known = validator_log.load() if refreshing else {}
-        new, revalidated, removed = [], [], 0
-        for split, files in listed.items():
-            folder = local_root / split
-            folder.mkdir(exist_ok=True)
-            cached = cached_names(folder)
-            for name in sorted(cached - files.keys()):  # gone from the server: never trained on again
-                (folder / name).unlink()
-                removed += 1
-            for name, file_url in files.items():
-                destination = folder / name
-                if name not in cached:
-                    new.append((file_url, destination, None))
-                elif split in refreshing:
-                    validators = known.get(f"{split}/{name}")
-                    if validators is not None and validators.length != destination.stat().st_size:
-                        validators = None  # the cached copy is damaged: fetch it whole
-                    revalidated.append((file_url, destination, validators))
+        new, revalidated, removed = sync_plan(local_root, listed, refreshing,
+                                              validator_log.load() if refreshing else {})
         kept = sum(len(files) for files in listed.values()) - len(new)
         if removed:
             logger.info(f"removed {removed} cached files that {folder_url} no longer lists")
