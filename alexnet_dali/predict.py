@@ -50,7 +50,8 @@ def expand_paths(items: Sequence[str | Path]) -> list[str]:
 class Predictor:
     """Ten-crop predictions of a model bundle, in batches of `batch_size` images."""
 
-    def __init__(self, bundle: ModelBundle, placement: Placement, *, batch_size: int, precision: str | None = None):
+    def __init__(self, bundle: ModelBundle, placement: Placement, *, batch_size: int, precision: str | None = None,
+                 compile: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.bundle, self.placement, self.batch_size = bundle, placement, batch_size
@@ -58,6 +59,10 @@ class Predictor:
         self.net = bundle.net.to(placement.device).eval()
         if placement.on_gpu:
             self.net = self.net.to(memory_format=torch.channels_last)  # the crops arrive NHWC
+        # Ten-crop is ten forward passes an image: the H200's 2,191 images/s are 21,910 views/s,
+        # likely the eager network's own limit (not yet profiled); benchmarks/predict.py has a
+        # compiled row to tell.
+        self.forward = torch.compile(self.net) if compile else self.net
         self._pipe = None
         self._hand_off = GpuHandOff()
 
@@ -131,7 +136,7 @@ class Predictor:
         batches = ((list(blobs[i:i + self.batch_size]), names[i:i + self.batch_size])
                    for i in range(0, len(blobs), self.batch_size))
         with quiet_native_log():  # DALI decodes ahead while the model runs: its [ERROR] lines stay off stderr
-            rows = [mean_log_softmax(self.net, views, self.precision).exp() for views in self._views(batches)]
+            rows = [mean_log_softmax(self.forward, views, self.precision).exp() for views in self._views(batches)]
         return torch.cat(rows).cpu().numpy() if rows else np.zeros((0, len(self.classes)), dtype=np.float32)
 
     def predict_files(self, paths: Sequence[str | Path]) -> np.ndarray:

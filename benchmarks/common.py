@@ -358,7 +358,7 @@ def autocast(images, precision: str):
     return trainer_autocast(images.device, precision)
 
 
-def ten_crop_predictor(net, device: str, batch_size: int, precision: str):
+def ten_crop_predictor(net, device: str, batch_size: int, precision: str, compile: bool = False):
     """The Predictor that `alexnet-dali predict` uses, around `net` (1000 classes, no lighting PCA)."""
     from alexnet_dali.pca import PCA
     from alexnet_dali.predict import Predictor
@@ -366,4 +366,4 @@ def ten_crop_predictor(net, device: str, batch_size: int, precision: str):
 
     pca = PCA(MEAN, (0.0, 0.0, 0.0), ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
     bundle = ModelBundle(net, pca, tuple(str(i) for i in range(net.num_classes)), precision=precision)
-    return Predictor(bundle, placement(device), batch_size=batch_size)
+    return Predictor(bundle, placement(device), batch_size=batch_size, compile=compile)

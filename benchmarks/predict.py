@@ -1,5 +1,7 @@
 """Ten-crop prediction images/sec (each image: 10 views through AlexNet, softmax averaged), with
-the real DALI ten-crop pipeline and the Predictor that `alexnet-dali predict` uses.
+the real DALI ten-crop pipeline and the Predictor that `alexnet-dali predict` uses. On a GPU:
+fp32, bf16 and bf16 with the network compiled (Predictor(compile=True); ten-crop is ten forward
+passes an image, so the network's speed is what bounds it).
 
     python benchmarks/predict.py [--device cpu|gpu|all] [--data DIR] [--images N] [--batch-size B] [--json PATH]
                                  [--profile DIR]
@@ -23,13 +25,14 @@ def main(argv=None):
         images, batch_size = sizes(args, device)
         subset = blobs[:images]
         # on the GPU both are channels_last (the crops arrive NHWC)
-        for precision in ("fp32",) if device == "cpu" else ("fp32", "bf16"):
-            predictor = ten_crop_predictor(alexnet(1000, device), device, batch_size, precision)
+        variants = [("fp32", False)] if device == "cpu" else [("fp32", False), ("bf16", False), ("bf16", True)]
+        for precision, compiled in variants:
+            name = f"ten-crop {precision}" + ("+compile" if compiled else "")
+            predictor = ten_crop_predictor(alexnet(1000, device), device, batch_size, precision, compiled)
             run = lambda: predictor.predict_bytes(subset)  # noqa: E731
-            rows.append({"name": f"ten-crop {precision}", "device": device, "variant": precision,
+            rows.append({"name": name, "device": device, "variant": name.removeprefix("ten-crop "),
                          "images": len(subset), "batch_size": batch_size,
-                         **timed(run, len(subset), args.trials, warmup=run,
-                                 profile_to=profile_path(args, f"ten-crop {precision}"))})
+                         **timed(run, len(subset), args.trials, warmup=run, profile_to=profile_path(args, name))})
     return report("ten-crop prediction", rows, args)
 
 

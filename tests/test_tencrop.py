@@ -270,3 +270,26 @@ def test_the_next_batch_is_fed_to_dali_before_the_model_runs_on_this_one(images)
         for views in predictor._views(batches()):
             predictor.net(views.reshape(-1, *views.shape[-3:]))
     assert events == ["fed 0", "fed 1", "model", "fed 2", "model", "model"]
+
+
+def test_a_compiled_predictor_predicts_what_the_network_does(images, predictor, monkeypatch):
+    """Predictor(compile=True) runs the views through torch.compile (dynamo + AOTAutograd here:
+    aot_eager, whose numbers are eager's; inductor's code generation is for the GPU rows of
+    benchmarks/predict.py) and gives the eager predictor's probabilities."""
+    compile_for_real, compiled = torch.compile, []
+
+    def compile_without_codegen(model, **options):
+        compiled.append(model)
+        return compile_for_real(model, backend="aot_eager", **options)
+
+    monkeypatch.setattr(torch, "compile", compile_without_codegen)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    paths = list(images.values())  # 5 images at batch 4: a full batch and a smaller one
+    try:
+        fast = Predictor(predictor.bundle, cpu_placement(), batch_size=4, compile=True)
+        probabilities = fast.predict_files(paths)
+        assert compiled == [predictor.net] and torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    finally:
+        torch._dynamo.reset()
+    np.testing.assert_allclose(probabilities, predictor.predict_files(paths), rtol=1e-5, atol=1e-7)
