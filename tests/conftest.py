@@ -137,6 +137,34 @@ def class_folders(tmp_path) -> Path:
     return make_class_folders(tmp_path / "data")
 
 
+
+@pytest.fixture
+def compiled_without_codegen(monkeypatch):
+    """torch.compile with the aot_eager backend: dynamo and AOTAutograd as in a real compile, but
+    not inductor's code generation (about 45 s for AlexNet on 2 cores; the GPU tests run it).
+    Yields the modules compiled; dynamo's caches and counters start and end empty."""
+    import torch
+
+    compile_for_real, compiled = torch.compile, []
+
+    def compile_with_aot_eager(model, **options):
+        compiled.append(model)
+        return compile_for_real(model, backend="aot_eager", **options)
+
+    monkeypatch.setattr(torch, "compile", compile_with_aot_eager)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    yield compiled
+    torch._dynamo.reset()
+
+
+def graphs_captured() -> int:
+    """Graphs dynamo has captured since compiled_without_codegen began."""
+    import torch
+
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
 def run_cli(*args, cwd=None, env=None, timeout=600, check=False) -> subprocess.CompletedProcess:
     """`python -m alexnet_dali ARGS` in a real subprocess."""
     full_env = {**os.environ, **(env or {})}

@@ -16,7 +16,7 @@ from alexnet_dali.pipelines import TENCROP_ORDER
 from alexnet_dali.evaluate import evaluate_split
 from alexnet_dali.predict import Predictor
 from alexnet_dali.state import ModelBundle
-from conftest import cpu_placement, make_class_folders, run_cli, smooth_image, write_image
+from conftest import cpu_placement, graphs_captured, make_class_folders, run_cli, smooth_image, write_image
 from pipeline_helpers import pil_centre_256
 
 PCA_FOR_TESTS = PCA(mean=(0.48, 0.46, 0.41), eigval=(0.1, 0.01, 0.001),
@@ -272,24 +272,11 @@ def test_the_next_batch_is_fed_to_dali_before_the_model_runs_on_this_one(images)
     assert events == ["fed 0", "fed 1", "model", "fed 2", "model", "model"]
 
 
-def test_a_compiled_predictor_predicts_what_the_network_does(images, predictor, monkeypatch):
-    """Predictor(compile=True) runs the views through torch.compile (dynamo + AOTAutograd here:
-    aot_eager, whose numbers are eager's; inductor's code generation is for the GPU rows of
-    benchmarks/predict.py) and gives the eager predictor's probabilities."""
-    compile_for_real, compiled = torch.compile, []
-
-    def compile_without_codegen(model, **options):
-        compiled.append(model)
-        return compile_for_real(model, backend="aot_eager", **options)
-
-    monkeypatch.setattr(torch, "compile", compile_without_codegen)
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
+def test_a_compiled_predictor_predicts_what_the_network_does(images, predictor, compiled_without_codegen):
+    """Predictor(compile=True) runs the views through torch.compile (aot_eager here, whose numbers
+    are eager's: see the fixture) and gives the eager predictor's probabilities."""
     paths = list(images.values())  # 5 images at batch 4: a full batch and a smaller one
-    try:
-        fast = Predictor(predictor.bundle, cpu_placement(), batch_size=4, compile=True)
-        probabilities = fast.predict_files(paths)
-        assert compiled == [predictor.net] and torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
-    finally:
-        torch._dynamo.reset()
+    fast = Predictor(predictor.bundle, cpu_placement(), batch_size=4, compile=True)
+    probabilities = fast.predict_files(paths)
+    assert compiled_without_codegen == [predictor.net] and graphs_captured() >= 1
     np.testing.assert_allclose(probabilities, predictor.predict_files(paths), rtol=1e-5, atol=1e-7)

@@ -12,7 +12,7 @@ from alexnet_dali.config import ConfigError, TrainConfig
 from alexnet_dali.metrics import HISTORY_KEYS
 from alexnet_dali.model import AlexNetModule
 from alexnet_dali.train import train
-from conftest import cpu_placement, make_original_layout, run_cli, tiny_config
+from conftest import cpu_placement, graphs_captured, make_original_layout, run_cli, tiny_config
 
 
 def untrained_val_loss(config: TrainConfig) -> float:
@@ -167,30 +167,18 @@ def test_cli_train_runs_and_refuses_to_overwrite_a_run(tmp_path, original_layout
 
 
 
-def test_compile_trains_compiled_steps_and_saves_the_plain_network(tmp_path, original_layout, monkeypatch):
+def test_compile_trains_compiled_steps_and_saves_the_plain_network(tmp_path, original_layout,
+                                                                    compiled_without_codegen):
     """compile=True (--compile): the training steps run through torch.compile (dynamo captures the
     network, AOTAutograd its backward), the weights train, and the checkpoint holds the plain
-    network's keys, without torch.compile's wrapper prefix. The backend here is aot_eager:
-    inductor's code generation adds about 45 s on 2 cores, and the GPU test runs it."""
+    network's keys, without torch.compile's wrapper prefix (aot_eager here: see the fixture)."""
     from alexnet_dali import AlexNet
 
-    compile_for_real, compiled = torch.compile, []
-
-    def compile_without_codegen(model, **options):
-        compiled.append(model)
-        return compile_for_real(model, backend="aot_eager", **options)
-
-    monkeypatch.setattr(torch, "compile", compile_without_codegen)
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    try:
-        model = AlexNet(original_layout["data"], original_layout["labels"], original_layout["label_encoding"],
-                        batch_size=4, lr=1e-3, device="cpu", out_dir=tmp_path / "run", verbose=False, compile=True)
-        model.fit(1)
-        assert compiled == [model.net]  # one process: no DDP wrapper in between
-        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # dynamo really captured it
-    finally:
-        torch._dynamo.reset()
+    model = AlexNet(original_layout["data"], original_layout["labels"], original_layout["label_encoding"],
+                    batch_size=4, lr=1e-3, device="cpu", out_dir=tmp_path / "run", verbose=False, compile=True)
+    model.fit(1)
+    assert compiled_without_codegen == [model.net]  # one process: no DDP wrapper in between
+    assert graphs_captured() >= 1  # dynamo really captured it
     assert json.loads((tmp_path / "run" / "config.json").read_text())["compile"] is True
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
     torch.manual_seed(0)
