@@ -119,24 +119,29 @@ class Predictor:
             raise DataError(problems or [Problem(", ".join(names), "one of these cannot be decoded by DALI")],
                             "images that cannot be decoded") from None
 
-    def crops(self, blobs: Sequence[bytes], names: Sequence[str]) -> torch.Tensor:
-        """[N, 10, 3, 224, 224]: the ten views of each encoded image, on the model's device."""
-        batches = ((list(blobs[i:i + self.batch_size]), list(names[i:i + self.batch_size]))
-                   for i in range(0, len(blobs), self.batch_size))
-        with quiet_native_log():  # DALI's own [ERROR] lines about a bad file: the DataError names it
-            return torch.cat([views.clone() for views in self._views(batches)])
-
-    @torch.inference_mode()
-    def predict_bytes(self, blobs: Sequence[bytes], names: Sequence[str] | None = None) -> np.ndarray:
-        """[N, C] probabilities, each row the ten-crop mean of the softmax."""
+    def _batches(self, blobs: Sequence[bytes], names: Sequence[str] | None):
         names = list(names) if names is not None else [f"<image {i}>" for i in range(len(blobs))]
         empty = [Problem(name, "empty file (0 bytes)") for blob, name in zip(blobs, names) if not blob]
         if empty:
             raise DataError(empty, "images that cannot be decoded")
-        batches = ((list(blobs[i:i + self.batch_size]), names[i:i + self.batch_size])
-                   for i in range(0, len(blobs), self.batch_size))
-        with quiet_native_log():  # DALI decodes ahead while the model runs: its [ERROR] lines stay off stderr
-            rows = [mean_log_softmax(self.forward, views, self.precision).exp() for views in self._views(batches)]
+        return ((list(blobs[i:i + self.batch_size]), names[i:i + self.batch_size])
+                for i in range(0, len(blobs), self.batch_size))
+
+    def views(self, blobs: Sequence[bytes], names: Sequence[str] | None = None):
+        """The ten views of each encoded image, [B, 10, 3, 224, 224] per batch on the model's
+        device, valid until the next batch is asked for (benchmarks/predict.py times this alone)."""
+        batches = self._batches(blobs, names)
+        with quiet_native_log():  # DALI's own [ERROR] lines about a bad file: the DataError names it
+            yield from self._views(batches)
+
+    def crops(self, blobs: Sequence[bytes], names: Sequence[str] | None = None) -> torch.Tensor:
+        """[N, 10, 3, 224, 224]: the ten views of each encoded image, on the model's device."""
+        return torch.cat([views.clone() for views in self.views(blobs, names)])
+
+    @torch.inference_mode()
+    def predict_bytes(self, blobs: Sequence[bytes], names: Sequence[str] | None = None) -> np.ndarray:
+        """[N, C] probabilities, each row the ten-crop mean of the softmax."""
+        rows = [mean_log_softmax(self.forward, views, self.precision).exp() for views in self.views(blobs, names)]
         return torch.cat(rows).cpu().numpy() if rows else np.zeros((0, len(self.classes)), dtype=np.float32)
 
     def predict_files(self, paths: Sequence[str | Path]) -> np.ndarray:

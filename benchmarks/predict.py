@@ -1,7 +1,8 @@
 """Ten-crop prediction images/sec (each image: 10 views through AlexNet, softmax averaged), with
-the real DALI ten-crop pipeline and the Predictor that `alexnet-dali predict` uses. On a GPU:
-fp32, bf16 and bf16 with the network compiled (Predictor(compile=True); ten-crop is ten forward
-passes an image, so the network's speed is what bounds it).
+the real DALI ten-crop pipeline and the Predictor that `alexnet-dali predict` uses. Beside each
+end-to-end row, its two halves alone: `pipeline-only` (decoding and the ten views, no network) and
+`model-only` (the network on views already in memory), so the notes say which one bounds it. On a
+GPU: fp32, bf16 and bf16 with the network compiled (Predictor(compile=True)).
 
     python benchmarks/predict.py [--device cpu|gpu|all] [--data DIR] [--images N] [--batch-size B] [--json PATH]
                                  [--profile DIR]
@@ -11,8 +12,57 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from common import (alexnet, base_parser, data_files, devices, parse, profile_path, report, sizes, ten_crop_predictor,
-                    timed)
+                    timed, torch_device)
+
+VIEWS = 10
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def pipeline_only(predictor, blobs, device):
+    """Every batch's views made and handed over, none read by a network."""
+    def run():
+        for _ in predictor.views(blobs):
+            pass
+        sync(device)
+
+    return run
+
+
+def model_only(predictor, device, batch_size: int, images: int):
+    """The Predictor's network and its softmax mean over `images` images' views already on the
+    device, in the end-to-end row's batches (the last one partial) and in the layout the pipeline
+    delivers (NHWC memory seen as NCHW on the GPU)."""
+    from alexnet_dali.evaluate import mean_log_softmax
+
+    if device.type == "cuda":
+        views = (torch.randn(batch_size, VIEWS, 224, 224, 3, device=device) * 60).movedim(-1, -3)
+    else:
+        views = torch.randn(batch_size, VIEWS, 3, 224, 224, device=device) * 60
+    batches = [min(batch_size, images - start) for start in range(0, images, batch_size)]
+
+    @torch.inference_mode()
+    def run():
+        for size in batches:
+            mean_log_softmax(predictor.forward, views[:size], predictor.precision).exp()
+        sync(device)
+
+    return run
+
+
+def limit_note(device: str, variant: str, fed: dict, model: dict, pipeline: dict) -> str:
+    slower, rate = min((("the network", model["images_per_sec"]), ("the pipeline", pipeline["images_per_sec"])),
+                       key=lambda item: item[1])
+    return (f"{device} ten-crop {variant}: {fed['images_per_sec']:.1f} images/s end to end, "
+            f"{fed['images_per_sec'] / model['images_per_sec']:.1%} of model-only "
+            f"({model['images_per_sec']:.1f}) and {fed['images_per_sec'] / pipeline['images_per_sec']:.1%} of "
+            f"pipeline-only ({pipeline['images_per_sec']:.1f}): {slower} bounds it ({rate:.1f} images/s alone)")
 
 
 def main(argv=None):
@@ -20,20 +70,34 @@ def main(argv=None):
     args = parse(parser, argv)
     files = data_files(args)
     blobs = [Path(f).read_bytes() for f in files]  # read once: the rows time decoding and the model
-    rows = []
-    for device in devices(args):
-        images, batch_size = sizes(args, device)
-        subset = blobs[:images]
-        # on the GPU both are channels_last (the crops arrive NHWC)
-        variants = [("fp32", False)] if device == "cpu" else [("fp32", False), ("bf16", False), ("bf16", True)]
+    rows, notes = [], []
+    for kind in devices(args):
+        images, batch_size = sizes(args, kind)
+        subset, device = blobs[:images], torch_device(kind)
+        common = {"device": kind, "images": len(subset), "batch_size": batch_size}
+        # the pipeline does not depend on the network's precision: timed once, with the first predictor
+        pipeline = None
+        # on the GPU every variant is channels_last (the crops arrive NHWC)
+        variants = [("fp32", False)] if kind == "cpu" else [("fp32", False), ("bf16", False), ("bf16", True)]
         for precision, compiled in variants:
-            name = f"ten-crop {precision}" + ("+compile" if compiled else "")
-            predictor = ten_crop_predictor(alexnet(1000, device), device, batch_size, precision, compiled)
+            variant = precision + ("+compile" if compiled else "")
+            predictor = ten_crop_predictor(alexnet(1000, kind), kind, batch_size, precision, compiled)
+            if pipeline is None:
+                run = pipeline_only(predictor, subset, device)
+                pipeline = timed(run, len(subset), args.trials, warmup=run,
+                                 profile_to=profile_path(args, "ten-crop pipeline-only"))
+                rows.append({"name": "ten-crop pipeline-only", "variant": "pipeline-only", **common, **pipeline})
+            run = model_only(predictor, device, batch_size, len(subset))
+            model = timed(run, len(subset), args.trials, warmup=run,
+                          profile_to=profile_path(args, f"ten-crop model-only {variant}"))
+            rows.append({"name": f"ten-crop model-only {variant}", "variant": f"model-only {variant}", **common,
+                         **model})
             run = lambda: predictor.predict_bytes(subset)  # noqa: E731
-            rows.append({"name": name, "device": device, "variant": name.removeprefix("ten-crop "),
-                         "images": len(subset), "batch_size": batch_size,
-                         **timed(run, len(subset), args.trials, warmup=run, profile_to=profile_path(args, name))})
-    return report("ten-crop prediction", rows, args)
+            fed = timed(run, len(subset), args.trials, warmup=run, profile_to=profile_path(args, f"ten-crop {variant}"))
+            rows.append({"name": f"ten-crop {variant}", "variant": variant, **common, **fed,
+                         "fraction_of_model_only": round(fed["images_per_sec"] / model["images_per_sec"], 3)})
+            notes.append(limit_note(kind, variant, fed, model, pipeline))
+    return report("ten-crop prediction", rows, args, notes)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,10 @@ def check_rows(report, names, images, batch_size):
         assert (row["images"], row["batch_size"]) == (images, batch_size)
 
 
+# benchmarks/predict.py on the CPU: each half alone, then the two together
+TEN_CROP_CPU_ROWS = ["ten-crop pipeline-only", "ten-crop model-only fp32", "ten-crop fp32"]
+
+
 def generated_sets(tmp_path):
     return sorted(p.name for p in (tmp_path / "cache" / "alexnet-dali" / "benchmarks").iterdir())
 
@@ -84,7 +88,7 @@ def test_benchmarks_read_a_given_folder(tmp_path):
         write_image(tmp_path / "photos" / "sub" / f"{i}.jpg", 320, 240, seed=i)
     (tmp_path / "photos" / "notes.txt").write_text("not an image")
     report, _ = run_benchmark("predict", tmp_path, "--data", tmp_path / "photos", "--images", 64, "--batch-size", 3)
-    check_rows(report, ["ten-crop fp32"], 5, 3)
+    check_rows(report, TEN_CROP_CPU_ROWS, 5, 3)
     assert report["settings"]["data"] == str(tmp_path / "photos")
     assert report["settings"]["data_read"] == {"images": 5, "first": "sub/0.jpg", "last": "sub/4.jpg"}
     assert not (tmp_path / "cache").exists()
@@ -107,11 +111,19 @@ def test_suite_runs_the_tests_and_every_benchmark_into_one_folder(tmp_path):
                                      "pil-dataloader-decode", "dali-cpu-no-lighting", "dali-cpu-pca-stats"], 4, 4)
     check_rows(reports["train"], ["model-only fp32", "end-to-end fp32"], 4, 4)
     assert 0 < reports["train"]["rows"][1]["fraction_of_model_only"]
-    check_rows(reports["predict"], ["ten-crop fp32"], 4, 4)
+    check_rows(reports["predict"], TEN_CROP_CPU_ROWS, 4, 4)
+    # on 2 cores the network is far slower than decoding: the note must say so, with the rows' figures
+    pipeline_rate, model_rate, fed_rate = (row["images_per_sec"] for row in reports["predict"]["rows"])
+    assert model_rate < pipeline_rate
+    assert reports["predict"]["notes"] == [
+        f"cpu ten-crop fp32: {fed_rate:.1f} images/s end to end, {fed_rate / model_rate:.1%} of model-only "
+        f"({model_rate:.1f}) and {fed_rate / pipeline_rate:.1%} of pipeline-only ({pipeline_rate:.1f}): "
+        f"the network bounds it ({model_rate:.1f} images/s alone)"]
     rows = [row["name"] for report in reports.values() for row in report["rows"]]
     profiles = {p.stem: p.read_text() for p in (out / "profiles").iterdir()}
     assert sorted(profiles) == sorted(name.replace(" ", "_") for name in rows)
-    for name in ("ten-crop_fp32", "model-only_fp32", "end-to-end_fp32"):  # the network's layers, with their time
+    # the network's layers, with their time
+    for name in ("ten-crop_fp32", "ten-crop_model-only_fp32", "model-only_fp32", "end-to-end_fp32"):
         assert re.match(rf"{name}: 4 images in [0-9.]+ s under the profiler", profiles[name])
         assert re.search(r"^\s*aten::\w*convolution\w*\s+[0-9.]+%", profiles[name], re.MULTILINE), profiles[name]
     summary = (out / "summary.txt").read_text()
@@ -140,3 +152,20 @@ def test_gpu_ratio_notes_give_what_fancy_upsampling_costs(monkeypatch):
             row("dali-gpu-decode[hw=0.65]", "dali-gpu-decode", 9000.0, load=0.65),
             row("dali-gpu-decode-plain-upsampling", "dali-gpu-decode-plain-upsampling", 25000.0)]
     assert ratio_notes(rows) == ["dali-gpu-decode[hw=1]: fancy chroma upsampling on / off = 0.800"]
+
+
+def test_the_ten_crop_note_names_the_half_that_bounds_it(monkeypatch):
+    """The GPU rows cannot run here: the note is checked on figures like the H200's (network
+    bound) and on the other case (pipeline bound)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from predict import limit_note
+
+    def rate(value):
+        return {"images_per_sec": value}
+
+    assert limit_note("gpu", "bf16", rate(2191.0), rate(2900.0), rate(10000.0)) == (
+        "gpu ten-crop bf16: 2191.0 images/s end to end, 75.6% of model-only (2900.0) and 21.9% of pipeline-only "
+        "(10000.0): the network bounds it (2900.0 images/s alone)")
+    assert limit_note("gpu", "bf16+compile", rate(4000.0), rate(9000.0), rate(4500.0)).endswith(
+        ": the pipeline bounds it (4500.0 images/s alone)")
+
