@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Prediction: the model's own precision unless told; images per batch, not a global batch.
     inference = {"precision": (None, "the precision the model was trained in")}
+    compile_help = ("torch.compile the network (ten views an image make the network the likely limit on a GPU: "
+                    "benchmarks/predict.py's +compile row); compiling takes a minute at the start")
     predict = verbs.add_parser("predict", help="ten-crop predictions for images with a saved model")
     predict.add_argument("model", help="a checkpoint (last.pt, best.pt) or a file from AlexNet.save")
     predict.add_argument("images", nargs="+", help="image files; a folder stands for its images")
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
     add_config_options(predict, [*DEVICE_OPTIONS, "precision"], defaults=inference)
     predict.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default: 32)")
+    predict.add_argument("--compile", action="store_true", help=compile_help)
 
     evaluate = verbs.add_parser("evaluate", help="top-1 / top-5 accuracy and error of a model on a split")
     evaluate.add_argument("model", help="a checkpoint (last.pt, best.pt) or a file from AlexNet.save")
@@ -109,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of text")
     add_config_options(evaluate, [*DATA_OPTIONS, *DEVICE_OPTIONS, "precision"], defaults=inference)
     evaluate.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default: 32)")
+    evaluate.add_argument("--compile", action="store_true", help=compile_help)
 
     check = verbs.add_parser("check", help="does every image decode, is every image labelled?")
     check.add_argument("data", help="data root, http(s) URL (the splits are downloaded into the cache) or "
@@ -211,7 +215,7 @@ def run_predict(args) -> int:
 
     setup_logging(0, "stderr")
     predictor = Predictor.from_checkpoint(args.model, placement_from_args(args), batch_size=args.batch_size,
-                                          precision=args.precision)
+                                          precision=args.precision, compile=args.compile)
     paths = expand_paths(args.images)
     probabilities = predictor.predict_files(paths)
     names = dict(zip(predictor.classes, predictor.bundle.class_names))
@@ -249,7 +253,7 @@ def run_evaluate(args) -> int:
         raise DataError(f"the classes of {args.data} ({len(split.classes)}) differ from the model's "
                         f"({len(bundle.classes)}); pass the label encoding the model was trained with")
     result = evaluate_split(bundle, split, placement, ten_crop=args.ten_crop, batch_size=args.batch_size,
-                            precision=args.precision)
+                            precision=args.precision, compile=args.compile)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -45,9 +45,11 @@ def evaluate(net: nn.Module, loader, precision: str) -> Counts:
     return counts or Counts(next(net.parameters()).device)
 
 
-def evaluate_split(bundle, split, placement, *, ten_crop: bool, batch_size: int, precision: str | None) -> dict:
+def evaluate_split(bundle, split, placement, *, ten_crop: bool, batch_size: int, precision: str | None,
+                   compile: bool = False) -> dict:
     """Top-1 / top-5 accuracy (and error, the paper's metric) and loss of a model over a labelled
-    split in this process, with the centre crop or the ten-view average."""
+    split in this process, with the centre crop or the ten-view average (`compile`: through
+    torch.compile)."""
     from .distributed import DistInfo
     from .loader import evaluation_loader
 
@@ -57,7 +59,7 @@ def evaluate_split(bundle, split, placement, *, ten_crop: bool, batch_size: int,
         net = net.to(memory_format=torch.channels_last)  # the GPU pipelines give NHWC
     loader = evaluation_loader(split, bundle.pca, placement, DistInfo(), batch_size=batch_size, prefetch=2,
                                ten_crop=ten_crop)
-    counts = evaluate(net, loader, precision)
+    counts = evaluate(torch.compile(net) if compile else net, loader, precision)
     loss, top1, top5 = counts.rates()
     return {"images": counts.images, "loss": loss, "top1": top1, "top5": top5, "top1_error": 1 - top1,
-            "top5_error": 1 - top5, "ten_crop": ten_crop, "precision": precision}
+            "top5_error": 1 - top5, "ten_crop": ten_crop, "precision": precision, "compiled": compile}

@@ -15,7 +15,7 @@ from alexnet_dali.model import AlexNetModule
 from alexnet_dali.pca import PCA
 from alexnet_dali.predict import Predictor
 from alexnet_dali.state import ModelBundle, TrainState, load_state
-from conftest import cpu_placement, run_cli
+from conftest import cpu_placement, graphs_captured, run_cli
 
 PCA_DICT = PCA((0.5, 0.4, 0.3), (0.1, 0.01, 0.001), ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)), 9).to_dict()
 
@@ -176,6 +176,33 @@ def test_predict_and_evaluate_use_the_trained_precision_unless_told(bf16_model):
     assert evaluated[None]["precision"] == "bf16" and evaluated["fp32"]["precision"] == "fp32"
     assert evaluated[None]["loss"] != evaluated["fp32"]["loss"]
     assert evaluated[None]["loss"] == pytest.approx(evaluated["fp32"]["loss"], rel=0.05)
+
+
+def test_predict_and_evaluate_with_compile_run_the_compiled_network(bf16_model, capsys, compiled_without_codegen):
+    """--compile on predict and on evaluate (ten-crop) runs the views through torch.compile
+    (aot_eager here, whose numbers are eager's: see the fixture) and prints what the eager
+    command does; evaluate's JSON says it was compiled."""
+    from alexnet_dali.cli import main
+
+    path, data = bf16_model
+    images = sorted(str(p) for p in (data / "val" / "ant").iterdir())
+
+    def printed(*args):
+        assert main([*map(str, args), "--json", "--device", "cpu"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    eager = printed("predict", path, *images)
+    assert compiled_without_codegen == []
+    compiled = printed("predict", path, *images, "--compile")
+    assert len(compiled_without_codegen) == 1 and graphs_captured() >= 1
+    assert [r["top"][0]["label"] for r in compiled] == [r["top"][0]["label"] for r in eager]
+    np.testing.assert_allclose([r["top"][0]["probability"] for r in compiled],
+                               [r["top"][0]["probability"] for r in eager], rtol=1e-5)
+    eager, compiled = (printed("evaluate", path, data, "--ten-crop", *extra) for extra in ([], ["--compile"]))
+    assert len(compiled_without_codegen) == 2
+    assert (eager["compiled"], compiled["compiled"]) == (False, True)
+    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-5)
+    assert (compiled["images"], compiled["top1"]) == (eager["images"], eager["top1"])
 
 
 def test_one_visible_gpu_is_cuda_0_whatever_the_local_rank(monkeypatch):
