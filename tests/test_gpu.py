@@ -304,6 +304,9 @@ def test_gpu_training_run_and_ten_crop_prediction(tmp_path):
     cpu = Predictor.from_checkpoint(checkpoint, place("cpu", threads=2, hw_decoder_load=HW), batch_size=8)
     reference = cpu.predict_files(sorted((layout["data"] / "val").glob("*.jpg")))
     assert np.abs(probabilities - reference).max() < 0.05  # bf16 autocast and nvJPEG vs fp32 on the CPU
+    compiled = Predictor.from_checkpoint(checkpoint, place("gpu", threads=2, hw_decoder_load=HW), batch_size=8,
+                                         precision="bf16", compile=True)  # inductor's kernels (predict --compile)
+    assert np.abs(compiled.predict_files(sorted((layout["data"] / "val").glob("*.jpg"))) - probabilities).max() < 0.02
 
 
 @gpu
