@@ -1,5 +1,6 @@
 """Training that learns on a small set of one's own (issue 15), and divergence stopped when it
-happens (issue 13, point 8): the lr for the batch, linear warmup, the divergence guard."""
+happens (issue 13, point 8): the lr for the batch, linear warmup, the divergence guard; exact
+resume, at an epoch's end and after SIGTERM mid-epoch, inside the warmup ramp."""
 
 import dataclasses
 import json
@@ -38,11 +39,17 @@ def test_every_float_option_refuses_nan_and_infinity(name, value):
         TrainConfig(**{name: value})
 
 
-def test_cli_refuses_nan_options_with_one_line(tmp_path):
-    for option in ("--lr", "--momentum", "--checkpoint-every", "--lighting", "--warmup-epochs"):
-        result = run_cli("train", tmp_path, option, "nan", "--out", tmp_path / "run")
-        assert result.returncode == 2, option
-        assert result.stderr.strip() == f"error: {option[2:].replace('-', '_')} must be a finite number, got nan"
+def test_cli_refuses_nan_options_with_one_line(tmp_path, capsys):
+    """The first through the real command, the others through its main() (the same code, without
+    starting a process each)."""
+    from alexnet_dali.cli import main
+
+    result = run_cli("train", tmp_path, "--lr", "nan", "--out", tmp_path / "run")
+    assert result.returncode == 2 and result.stderr.strip() == "error: lr must be a finite number, got nan"
+    for option in ("--momentum", "--checkpoint-every", "--lighting", "--warmup-epochs"):
+        assert main(["train", str(tmp_path), option, "nan", "--out", str(tmp_path / "run")]) == 2, option
+        assert capsys.readouterr().err.strip() == f"error: {option[2:].replace('-', '_')} must be a finite number, got nan"
+    assert not (tmp_path / "run").exists()
 
 
 # -- Warmup -------------------------------------------------------------------------------------
@@ -233,7 +240,7 @@ def assert_same_run(out, reference):
     ours = json.loads((out / "history.json").read_text())
     uninterrupted = json.loads((reference / "history.json").read_text())
     assert ours["lr"] == uninterrupted["lr"]
-    for key in ("loss", "val_loss"):
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert ours[key] == pytest.approx(uninterrupted[key], rel=1e-5), key
     mine, theirs = weights(out / "last.pt"), weights(reference / "last.pt")
     for key in theirs:
@@ -253,9 +260,11 @@ def test_warmup_continues_exactly_across_a_resume(sixteen, warmup_reference, tmp
     assert_same_run(out, warmup_reference)
 
 
-def test_warmup_continues_exactly_after_a_mid_epoch_stop(sixteen, warmup_reference, tmp_path):
-    """SIGTERM a step or two into the run: the mid-epoch checkpoint holds the ramp's position,
-    and the resumed run equals the uninterrupted one."""
+def test_sigterm_mid_epoch_checkpoints_exits_cleanly_and_resume_is_exact(sixteen, warmup_reference, tmp_path):
+    """SIGTERM a step into epoch 1 (inside the warmup ramp, lighting on): the current step
+    finishes, a checkpoint is written (reader position, RNG states, partial metrics, the ramp's
+    position), the process exits 143 with one clear line. Resuming gives the uninterrupted run's
+    lr, losses, accuracies and weights: resume within an epoch is exact."""
     import signal
     import subprocess
     import sys
@@ -266,11 +275,14 @@ def test_warmup_continues_exactly_after_a_mid_epoch_stop(sixteen, warmup_referen
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_progress(process, "| 1/4")  # the first of epoch 1's four steps is done, whatever a step takes
     process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "stopped by SIGTERM" in stderr and "--resume" in stderr and "Traceback" not in stderr
     state = torch.load(out / "last.pt", weights_only=True)
-    assert state["ranks"][0]["step"] % 4 and 0 < state["warmup"]["taken"] < 6, (state["epoch"], state["warmup"])
-    run_cli(*train_args(sixteen, out, "--epochs", "2", "--resume", *WARMUP), check=True)
+    step = state["ranks"][0]["step"]
+    assert state["epoch"] == 0 and 0 < step < 4 and 0 < state["warmup"]["taken"] < 6, (step, state["warmup"])
+    resumed = run_cli(*train_args(sixteen, out, "--epochs", "2", "--resume", *WARMUP), check=True)
+    assert f"step {step}" in resumed.stdout
     assert_same_run(out, warmup_reference)
 
 
