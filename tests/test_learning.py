@@ -48,7 +48,8 @@ def test_cli_refuses_nan_options_with_one_line(tmp_path, capsys):
     assert result.returncode == 2 and result.stderr.strip() == "error: lr must be a finite number, got nan"
     for option in ("--momentum", "--checkpoint-every", "--lighting", "--warmup-epochs"):
         assert main(["train", str(tmp_path), option, "nan", "--out", str(tmp_path / "run")]) == 2, option
-        assert capsys.readouterr().err.strip() == f"error: {option[2:].replace('-', '_')} must be a finite number, got nan"
+        name = option[2:].replace("-", "_")
+        assert capsys.readouterr().err.strip() == f"error: {name} must be a finite number, got nan"
     assert not (tmp_path / "run").exists()
 
 

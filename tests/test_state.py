@@ -158,20 +158,27 @@ def bf16_model(tmp_path_factory):
     return path, data
 
 
-def test_predict_and_evaluate_use_the_trained_precision_unless_told(bf16_model):
+def printed_json(capsys, *args) -> dict | list:
+    """What `alexnet-dali ARGS --json --device cpu` prints, through its main() in this process."""
+    from alexnet_dali.cli import main
+
+    assert main([*map(str, args), "--json", "--device", "cpu"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_predict_and_evaluate_use_the_trained_precision_unless_told(bf16_model, capsys):
+    """The first through the real command, the others through its main()."""
     path, data = bf16_model
     images = sorted(str(p) for p in (data / "val" / "ant").iterdir())
     default = json.loads(run_cli("predict", path, *images, "--json", "--device", "cpu", check=True).stdout)
-    fp32 = json.loads(run_cli("predict", path, *images, "--json", "--device", "cpu", "--precision", "fp32",
-                              check=True).stdout)
+    fp32 = printed_json(capsys, "predict", path, *images, "--precision", "fp32")
     assert {row["precision"] for row in default} == {"bf16"} and {row["precision"] for row in fp32} == {"fp32"}
     bundle = load_state(path).bundle
     for precision, rows in (("bf16", default), ("fp32", fp32)):
         reference = Predictor(bundle, cpu_placement(), batch_size=4, precision=precision).predict_files(images)
         np.testing.assert_allclose([r["top"][0]["probability"] for r in rows], reference.max(axis=1), rtol=1e-5)
     assert default[0]["top"][0]["probability"] != fp32[0]["top"][0]["probability"]  # bf16 really ran
-    evaluated = {p: json.loads(run_cli("evaluate", path, data, "--json", "--device", "cpu",
-                                       *(["--precision", p] if p else []), check=True).stdout)
+    evaluated = {p: printed_json(capsys, "evaluate", path, data, *(["--precision", p] if p else []))
                  for p in (None, "fp32")}
     assert evaluated[None]["precision"] == "bf16" and evaluated["fp32"]["precision"] == "fp32"
     assert evaluated[None]["loss"] != evaluated["fp32"]["loss"]
@@ -182,23 +189,17 @@ def test_predict_and_evaluate_with_compile_run_the_compiled_network(bf16_model, 
     """--compile on predict and on evaluate (ten-crop) runs the views through torch.compile
     (aot_eager here, whose numbers are eager's: see the fixture) and prints what the eager
     command does; evaluate's JSON says it was compiled."""
-    from alexnet_dali.cli import main
-
     path, data = bf16_model
     images = sorted(str(p) for p in (data / "val" / "ant").iterdir())
-
-    def printed(*args):
-        assert main([*map(str, args), "--json", "--device", "cpu"]) == 0
-        return json.loads(capsys.readouterr().out)
-
-    eager = printed("predict", path, *images)
+    eager = printed_json(capsys, "predict", path, *images)
     assert compiled_without_codegen == []
-    compiled = printed("predict", path, *images, "--compile")
+    compiled = printed_json(capsys, "predict", path, *images, "--compile")
     assert len(compiled_without_codegen) == 1 and graphs_captured() >= 1
     assert [r["top"][0]["label"] for r in compiled] == [r["top"][0]["label"] for r in eager]
     np.testing.assert_allclose([r["top"][0]["probability"] for r in compiled],
                                [r["top"][0]["probability"] for r in eager], rtol=1e-5)
-    eager, compiled = (printed("evaluate", path, data, "--ten-crop", *extra) for extra in ([], ["--compile"]))
+    eager, compiled = (printed_json(capsys, "evaluate", path, data, "--ten-crop", *extra)
+                       for extra in ([], ["--compile"]))
     assert len(compiled_without_codegen) == 2
     assert (eager["compiled"], compiled["compiled"]) == (False, True)
     assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-5)
