@@ -204,8 +204,15 @@ def test_evaluate_agrees_with_a_reference_computation(tmp_path):
         assert result["loss"] == pytest.approx(loss / n, rel=2e-3)
 
 
-def test_cli_predict_and_evaluate(tmp_path, images):
+def test_cli_predict_and_evaluate(tmp_path, images, capsys):
+    """predict through the real command; the rest through its main() (the same code, without a
+    process each)."""
     from alexnet_dali.checkpoint import save_checkpoint
+    from alexnet_dali.cli import main
+
+    def printed(*args) -> tuple[int, str, str]:
+        status = main(list(map(str, args)))
+        return (status, *capsys.readouterr())
 
     data = labelled_set(tmp_path / "data")
     classes = ["ant", "bee", "cow", "dog", "eel"]
@@ -222,16 +229,16 @@ def test_cli_predict_and_evaluate(tmp_path, images):
     for row, probs in zip(rows, reference):
         assert [e["label"] for e in row["top"]] == [classes[i] for i in np.argsort(-probs)[:2]]
         assert row["top"][0]["probability"] == pytest.approx(probs.max(), rel=1e-5)
-    text = run_cli("predict", model_path, images["big"], "--device", "cpu", check=True).stdout
-    assert str(images["big"]) in text and "%" in text
-    evaluated = run_cli("evaluate", model_path, data, "--ten-crop", "--json", "--device", "cpu", check=True)
+    status, text, _ = printed("predict", model_path, images["big"], "--device", "cpu")
+    assert status == 0 and str(images["big"]) in text and "%" in text
+    status, evaluated, _ = printed("evaluate", model_path, data, "--ten-crop", "--json", "--device", "cpu")
     split = index_dataset(data)["val"]
     direct = evaluate_split(bundle(net, classes), split, cpu_placement(), ten_crop=True, batch_size=32, precision=None)
-    assert json.loads(evaluated.stdout)["top1"] == pytest.approx(direct["top1"])
-    text = run_cli("evaluate", model_path, data, "--device", "cpu", check=True).stdout
-    assert "top-1 accuracy" in text and "error" in text and "centre crop" in text
-    missing = run_cli("predict", model_path, tmp_path / "nothing.jpg", "--device", "cpu")
-    assert missing.returncode == 2 and "nothing.jpg: no such file" in missing.stderr
+    assert status == 0 and json.loads(evaluated)["top1"] == pytest.approx(direct["top1"])
+    status, text, _ = printed("evaluate", model_path, data, "--device", "cpu")
+    assert status == 0 and "top-1 accuracy" in text and "error" in text and "centre crop" in text
+    status, _, stderr = printed("predict", model_path, tmp_path / "nothing.jpg", "--device", "cpu")
+    assert status == 2 and "nothing.jpg: no such file" in stderr
 
 
 def test_cli_evaluate_names_undecodable_images_before_it_starts(tmp_path):
