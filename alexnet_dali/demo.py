@@ -127,7 +127,8 @@ def run_demo(out: str | Path, *, epochs: int, device: str, seed: int) -> int:
     for path, p in list(zip(tests, probabilities))[:5]:
         print(f"  {path.name:28s} -> {best.classes[int(p.argmax())]} ({p.max():.0%})")
     print(f"  ... {hits}/{len(tests)} test images right")
-    print(f"\nvalidation top-1: best {max(val):.1%} (epoch {best_epoch}), final {val[-1]:.1%} after {len(val)} epochs "
+    print(f"\nvalidation top-1: best {max(val):.1%} (epoch {best_epoch}), final {val[-1]:.1%} after {len(val)} "
+          f"epoch{'s' if len(val) > 1 else ''} "
           f"(chance: {1 / len(best.classes):.0%}); {time.perf_counter() - started:.0f} s in all")
     print(f"run directory: {model.config.out} (history.json, last.pt, best.pt, tensorboard/)")
     print(f"saved model (the best, epoch {best_epoch}): {saved}; try: alexnet-dali predict {saved} {tests[0]}")

@@ -16,10 +16,41 @@ from torch import nn
 
 from .metrics import Counts
 
+TEN_VIEWS = 10  # the paper's test-time views an image (pipelines/tencrop.py's TENCROP_ORDER)
+
 
 def autocast(device: torch.device, precision: str):
     """bf16 autocast (fp32 weights, bf16 matmuls and convolutions), or nothing for fp32."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+class FixedRows(nn.Module):
+    """`net` for inputs of exactly `rows` rows: a smaller batch (a split's last one) is padded with
+    zeros, in the input's memory layout, and the padding's outputs dropped. A compiled network
+    then runs one graph for every batch; another batch size would compile a second one (about
+    a minute)."""
+
+    def __init__(self, net: nn.Module, rows: int):
+        super().__init__()
+        self.net, self.rows = net, rows
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        given = x.shape[0]
+        if given >= self.rows:
+            return self.net(x)
+        # what the compiled graph's guards check stays as in a full batch: the stride order (NHWC
+        # memory on the GPU) and the kind of tensor (an inference tensor or not)
+        order = sorted(range(x.dim()), key=lambda d: -x.stride(d))
+        with torch.inference_mode(x.is_inference()):
+            padded = x.new_zeros([self.rows if d == 0 else x.shape[d] for d in order]).permute(
+                *sorted(range(x.dim()), key=order.__getitem__))
+            padded[:given] = x
+        return self.net(padded)[:given]
+
+
+def compiled_for_batches(net: nn.Module, rows: int) -> nn.Module:
+    """torch.compile of `net`, fed `rows` rows a call (FixedRows)."""
+    return FixedRows(torch.compile(net), rows)
 
 
 def mean_log_softmax(net: nn.Module, images: torch.Tensor, precision: str) -> torch.Tensor:
@@ -32,7 +63,9 @@ def mean_log_softmax(net: nn.Module, images: torch.Tensor, precision: str) -> to
     return torch.logsumexp(log_probabilities, dim=1) - math.log(views)
 
 
-@torch.inference_mode()
+# no_grad, not inference_mode: DALI allocates the first batch before this runs, so batches would be
+# of two kinds (inference tensors or not), and a compiled network compiles a graph for each kind
+@torch.no_grad()
 def evaluate(net: nn.Module, loader, precision: str) -> Counts:
     """Counts over this process's shard (the caller sums them over processes)."""
     net.eval()
@@ -59,7 +92,8 @@ def evaluate_split(bundle, split, placement, *, ten_crop: bool, batch_size: int,
         net = net.to(memory_format=torch.channels_last)  # the GPU pipelines give NHWC
     loader = evaluation_loader(split, bundle.pca, placement, DistInfo(), batch_size=batch_size, prefetch=2,
                                ten_crop=ten_crop)
-    counts = evaluate(torch.compile(net) if compile else net, loader, precision)
+    views = TEN_VIEWS if ten_crop else 1
+    counts = evaluate(compiled_for_batches(net, batch_size * views) if compile else net, loader, precision)
     loss, top1, top5 = counts.rates()
     return {"images": counts.images, "loss": loss, "top1": top1, "top5": top5, "top1_error": 1 - top1,
             "top5_error": 1 - top5, "ten_crop": ten_crop, "precision": precision, "compiled": compile}

@@ -20,7 +20,7 @@ import torch
 
 from .data import is_image_name
 from .errors import DataError, Problem
-from .evaluate import mean_log_softmax
+from .evaluate import TEN_VIEWS, compiled_for_batches, mean_log_softmax
 from .loader import GpuHandOff, nchw_view
 from .placement import Placement
 from .s3 import is_s3_url
@@ -62,7 +62,7 @@ class Predictor:
         # Ten-crop is ten forward passes an image: the H200's 2,191 images/s are 21,910 views/s,
         # likely the eager network's own limit (not yet profiled); benchmarks/predict.py has a
         # compiled row to tell.
-        self.forward = torch.compile(self.net) if compile else self.net
+        self.forward = compiled_for_batches(self.net, batch_size * TEN_VIEWS) if compile else self.net
         self._pipe = None
         self._hand_off = GpuHandOff()
 

@@ -196,13 +196,16 @@ def test_predict_and_evaluate_with_compile_run_the_compiled_network(bf16_model, 
     compiled = printed_json(capsys, "predict", path, *images, "--compile")
     assert len(compiled_without_codegen) == 1 and graphs_captured() >= 1
     assert [r["top"][0]["label"] for r in compiled] == [r["top"][0]["label"] for r in eager]
+    # bf16: the compiled network runs a padded batch, whose kernels round in the 5th digit otherwise
     np.testing.assert_allclose([r["top"][0]["probability"] for r in compiled],
-                               [r["top"][0]["probability"] for r in eager], rtol=1e-5)
-    eager, compiled = (printed_json(capsys, "evaluate", path, data, "--ten-crop", *extra)
+                               [r["top"][0]["probability"] for r in eager], rtol=1e-3)
+    # 4 images at batch 3: the last batch is padded to the first one's shape, so one graph serves both
+    before = graphs_captured()
+    eager, compiled = (printed_json(capsys, "evaluate", path, data, "--ten-crop", "--batch-size", 3, *extra)
                        for extra in ([], ["--compile"]))
-    assert len(compiled_without_codegen) == 2
+    assert len(compiled_without_codegen) == 2 and graphs_captured() == before + 1
     assert (eager["compiled"], compiled["compiled"]) == (False, True)
-    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-5)
+    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-3)
     assert (compiled["images"], compiled["top1"]) == (eager["images"], eager["top1"])
 
 

@@ -13,7 +13,7 @@ from alexnet_dali.data import DataError, index_dataset
 from alexnet_dali.model import AlexNetModule
 from alexnet_dali.pca import PCA
 from alexnet_dali.pipelines import TENCROP_ORDER
-from alexnet_dali.evaluate import evaluate_split
+from alexnet_dali.evaluate import TEN_VIEWS, FixedRows, evaluate_split
 from alexnet_dali.predict import Predictor
 from alexnet_dali.state import ModelBundle
 from conftest import cpu_placement, graphs_captured, make_class_folders, run_cli, smooth_image, write_image
@@ -30,6 +30,7 @@ def test_documented_order_of_the_ten_views():
     plain = [("top-left", 0, 0), ("top-right", 32, 0), ("bottom-left", 0, 32), ("bottom-right", 32, 32),
              ("centre", 16, 16)]
     assert anchors == [(n, x, y, 0) for n, x, y in plain] + [("mirrored " + n, x, y, 1) for n, x, y in plain]
+    assert len(TENCROP_ORDER) == TEN_VIEWS  # what a compiled evaluator pads its batches to
 
 
 def reference_crops(image256: np.ndarray) -> np.ndarray:
@@ -285,5 +286,24 @@ def test_a_compiled_predictor_predicts_what_the_network_does(images, predictor, 
     paths = list(images.values())  # 5 images at batch 4: a full batch and a smaller one
     fast = Predictor(predictor.bundle, cpu_placement(), batch_size=4, compile=True)
     probabilities = fast.predict_files(paths)
-    assert compiled_without_codegen == [predictor.net] and graphs_captured() >= 1
+    # one graph: the smaller batch is padded to the full one's shape (FixedRows), not compiled again
+    assert compiled_without_codegen == [predictor.net] and graphs_captured() == 1
     np.testing.assert_allclose(probabilities, predictor.predict_files(paths), rtol=1e-5, atol=1e-7)
+
+
+def test_fixed_rows_pads_a_smaller_batch_in_its_memory_layout():
+    """The network sees `rows` rows, the given ones then zeros, with the strides of the input
+    (NHWC memory seen as NCHW, as the GPU pipelines give it), and only the given rows come back."""
+    seen = []
+
+    def net(x):
+        seen.append(x)
+        return x.flatten(1).sum(dim=1, keepdim=True) * torch.arange(1, 3)
+
+    nhwc = torch.randn(3, 5, 6, 4).movedim(-1, -3)  # [3, 4, 5, 6], channels_last strides
+    out = FixedRows(net, rows=8)(nhwc)
+    (fed,) = seen
+    assert fed.shape == (8, 4, 5, 6) and fed.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(fed[:3], nhwc) and not fed[3:].any()
+    assert torch.equal(out, net(nhwc))
+    assert FixedRows(net, rows=3)(nhwc).shape == (3, 2) and seen[-1] is nhwc  # a full batch as it is

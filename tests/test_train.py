@@ -198,7 +198,7 @@ def test_cli_demo_makes_data_trains_predicts_and_saves(tmp_path):
     """The README's first command, shortened to one epoch (the full demo is timed in the README)."""
     result = run_cli("demo", "--out", tmp_path / "demo", "--epochs", "1", "--device", "cpu", check=True)
     assert "epoch 1/1" in result.stdout and "ten-crop predictions" in result.stdout
-    assert "test images right" in result.stdout and "chance: 20%" in result.stdout
+    assert "test images right" in result.stdout and "after 1 epoch (chance: 20%)" in result.stdout
     demo = tmp_path / "demo"
     assert len(list((demo / "data" / "train").glob("*.jpg"))) == 200
     assert len(list((demo / "data" / "test").glob("*.jpg"))) == 20
