@@ -258,7 +258,8 @@ def run_evaluate(args) -> int:
         print(json.dumps(result, indent=2))
     else:
         mode = "ten-crop" if args.ten_crop else "centre crop"
-        print(f"{args.split}: {result['images']} images, {mode}, {result['precision']}")
+        compiled = ", compiled" if result["compiled"] else ""
+        print(f"{args.split}: {result['images']} images, {mode}, {result['precision']}{compiled}")
         print(f"  top-1 accuracy {result['top1']:.2%}  (error {result['top1_error']:.2%})")
         print(f"  top-5 accuracy {result['top5']:.2%}  (error {result['top5_error']:.2%})")
     return 0

@@ -207,6 +207,10 @@ def test_predict_and_evaluate_with_compile_run_the_compiled_network(bf16_model, 
     assert (eager["compiled"], compiled["compiled"]) == (False, True)
     assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-3)
     assert (compiled["images"], compiled["top1"]) == (eager["images"], eager["top1"])
+    from alexnet_dali.cli import main
+
+    assert main(["evaluate", str(path), str(data), "--device", "cpu", "--compile", "--batch-size", "4"]) == 0
+    assert capsys.readouterr().out.startswith("val: 4 images, centre crop, bf16, compiled\n")
 
 
 def test_one_visible_gpu_is_cuda_0_whatever_the_local_rank(monkeypatch):
