@@ -311,23 +311,31 @@ def training_loader(files, device: str, batch_size: int, *, threads: int | None 
 
 
 def decode_only_loader(files, device: str, batch_size: int, threads: int, hw_decoder_load: float = HW_DECODER_LOAD,
-                       fancy_upsampling: bool = True):
-    """The training pipeline's reader and decoder alone, as a torch iterable (on a GPU, with
-    fancy_upsampling=False: nvJPEG's own chroma upsampling instead of libjpeg-turbo's)."""
+                       fancy_upsampling: bool = True, region: bool = False):
+    """The training pipeline's reader and decoder alone, as a torch iterable: whole images, or
+    with region=True only the part a random training crop reads (what the CPU pipeline decodes;
+    on a GPU a candidate). On a GPU, fancy_upsampling=False: nvJPEG's own chroma upsampling
+    instead of libjpeg-turbo's."""
     import nvidia.dali.fn as fn
     from nvidia.dali import pipeline_def
     from nvidia.dali.plugin.pytorch import LastBatchPolicy
 
     from alexnet_dali.loader import DaliLoader
     from alexnet_dali.pipelines import READER_NAME
-    from alexnet_dali.pipelines.common import decode
+    from alexnet_dali.pipelines.common import CROP_SIZE, SCALE_SIZE, centre_region, decode, decode_region
+    from alexnet_dali.pipelines.train import OFFSETS
 
     @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=0 if device == "gpu" else None,
                   prefetch_queue_depth=2)
     def decoding():
         encoded, label = fn.readers.file(files=files, labels=[0] * len(files), name=READER_NAME, pad_last_batch=True)
+        if region:  # the training pipeline's window: a random 224 of the centre 256
+            window = (fn.random.uniform(values=OFFSETS), fn.random.uniform(values=OFFSETS), CROP_SIZE)
+            images, _, _ = decode_region(encoded, centre_region(encoded, SCALE_SIZE, window), device, hw_decoder_load)
+        else:
+            images = decode(encoded, device, hw_decoder_load, fancy_upsampling)
         # a 1×1 crop so the iterator copies nothing: the time is the decoder's
-        return fn.crop(decode(encoded, device, hw_decoder_load, fancy_upsampling), crop=(1, 1)), label
+        return fn.crop(images, crop=(1, 1)), label
 
     pipe = decoding()
     pipe.build()

@@ -6,7 +6,8 @@
 # and later calls on the warm machine any other steps. Every log goes to $OUT; results/h200/run.sh
 # is what ran on the H200 on 2026-11-26. The steps, most wanted first:
 #   suite  the GPU tests, then every benchmark with a profile of each row (--profile), the reference
-#          like for like at 0.65 and 1.0, and the decoder without fancy upsampling
+#          like for like at 1.0 and 0.65, and at the first (the trainer's 1.0, 8 threads) the decoder
+#          without fancy upsampling and the decoder on the training crop's region only
 #   inet   one epoch of `alexnet-dali train` on a 50,000-file 1000-class set at the defaults
 #          (hw_decoder_load 1.0), bf16, bf16 + --compile, fp32
 #   demo   `alexnet-dali demo --device gpu` at the current defaults
@@ -36,7 +37,7 @@ EOF
 }
 
 suite() {  # the GPU tests, then every benchmark at the GPU's sizes, each row profiled
-  timeout ${1:-360} python benchmarks/suite.py --device gpu --out "$W/suite" --hw-decoder-load 0.65,1 \
+  timeout ${1:-360} python benchmarks/suite.py --device gpu --out "$W/suite" --hw-decoder-load 1,0.65 \
     --threads 8,16 --profile > "$OUT/suite.out" 2>&1
   log "suite exit $?"
   tar -C "$W" -czf "$OUT/suite.tar.gz" suite  # one file: many small ones would be left out of $OUT

@@ -10,6 +10,9 @@
                       GPU, where torchvision is installed
   *-decode            decode only, to see how close each is to its decoder's own limit
   *-no-lighting       the training pipeline with the PCA lighting off (what lighting costs)
+  dali-*-decode-region
+                      decode only the part of each image a random training crop reads (the CPU
+                      pipeline does this; on the GPU, whether it would pay)
   dali-gpu-decode-plain-upsampling
                       decode only, nvJPEG's own chroma upsampling instead of the libjpeg-turbo
                       interpolation the trainer asks for (jpeg_fancy_upsampling): what parity costs
@@ -281,6 +284,9 @@ def main(argv=None):
             if device == "gpu" and torchvision_available():
                 add(f"torchvision-gpu{suffix}", device, TorchvisionGpu(subset, batch_size, decode_only), kind, 1,
                     **size)
+        add(f"dali-{device}-decode-region", device,
+            decode_only_loader(subset, device, batch_size, first_threads, first_load, region=True),
+            "decode", first_threads, hw=first_load, **size)
         if device == "gpu":
             add("dali-gpu-decode-plain-upsampling", device,
                 decode_only_loader(subset, device, batch_size, first_threads, first_load, fancy_upsampling=False),
@@ -338,6 +344,8 @@ def ratio_notes(rows: list[dict]) -> list[str]:
                 notes.append(f"dali-cpu-s3 / {name} = {ratio(s3, row):.2f} (the S3 server shares the same cores)")
             if (lighting_off := find(f"dali-{device}-no-lighting", like=row)) is not None:
                 notes.append(f"{name}: lighting on / off = {ratio(row, lighting_off):.3f}")
+        if base == f"dali-{device}-decode" and (part := find(f"dali-{device}-decode-region", like=row)) is not None:
+            notes.append(f"{name}: decoding the training crop's region / the whole image = {ratio(part, row):.3f}")
         if base == "dali-gpu-decode" and (plain := find("dali-gpu-decode-plain-upsampling", like=row)) is not None:
             notes.append(f"{name}: fancy chroma upsampling on / off = {ratio(row, plain):.3f}")
         if base in (f"dali-{device}", "pil-dataloader", "torchvision-gpu"):

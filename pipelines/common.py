@@ -3,6 +3,8 @@ one crop_mirror_normalize that crops, flips, centres the pixels and adds the PCA
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import nvidia.dali.fn as fn
 import nvidia.dali.math as dmath
@@ -42,21 +44,24 @@ def on_device(labels, device: str):
     return labels.gpu() if device == "gpu" else labels
 
 
-def decode(encoded, device: str, hw_decoder_load: float, fancy_upsampling: bool = True):
-    """JPEG/PNG/... -> RGB uint8 HWC, on the CPU (libjpeg-turbo) or the GPU (nvJPEG + hardware decoder).
+def decoder_options(device: str, hw_decoder_load: float, fancy_upsampling: bool = True) -> dict:
+    """The decoders' arguments on the CPU (libjpeg-turbo) or the GPU (nvJPEG + hardware decoder).
     `fancy_upsampling=False` exists for the benchmark that measures what it costs on a GPU."""
     if device == "gpu":
         # jpeg_fancy_upsampling: interpolate 4:2:0 chroma as libjpeg-turbo (the CPU decoder) does.
         # nvJPEG's default repeats each chroma sample over 2×2 pixels, which changes the colours
         # along every colour edge: a model trained on one device would be tested on other pixels.
-        return fn.decoders.image(
-            encoded, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load,
-            jpeg_fancy_upsampling=fancy_upsampling,
-            device_memory_padding=DEVICE_MEMORY_PADDING, host_memory_padding=HOST_MEMORY_PADDING,
-        )
+        return dict(device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load,
+                    jpeg_fancy_upsampling=fancy_upsampling,
+                    device_memory_padding=DEVICE_MEMORY_PADDING, host_memory_padding=HOST_MEMORY_PADDING)
     if device == "cpu":
-        return fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
+        return dict(device="cpu", output_type=types.RGB)
     raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+
+
+def decode(encoded, device: str, hw_decoder_load: float, fancy_upsampling: bool = True):
+    """JPEG/PNG/... -> RGB uint8 HWC, the whole image."""
+    return fn.decoders.image(encoded, **decoder_options(device, hw_decoder_load, fancy_upsampling))
 
 
 # Shrinking by at most this factor (a short side of up to 512 px, most of ImageNet) is plain
@@ -80,37 +85,57 @@ def decode_and_centre(encoded, device: str, hw_decoder_load: float, size: int = 
 
     The pipeline calling this needs `enable_conditionals=True` (the filter is chosen per image).
     """
+    region = centre_region(encoded, size, window)
+    if device == "cpu":
+        images, top, left = decode_region(encoded, region, device, hw_decoder_load)
+    else:  # the GPU decodes whole images (whether regions pay there: benchmarks/pipeline.py's -decode-region row)
+        images, top, left = decode(encoded, device, hw_decoder_load), region.top, region.left
+    return resample(images, device, top, left, region.step, region.out)
+
+
+class Region(NamedTuple):
+    """Where in the source image the out×out result samples (DALI nodes, source pixels)."""
+
+    top: object
+    left: object
+    step: object  # source pixels per pixel of the size×size square
+    out: object
+    height: object
+    width: object
+
+
+def centre_region(encoded, size: int, window=None) -> Region:
+    """The central size×size square of the image rescaled to a short side of `size`, or the
+    window (x, y, side) of that square, in source pixels."""
     shape = fn.peek_image_shape(encoded)  # H, W, C after EXIF orientation, as the decoder applies it
     height, width = shape[0], shape[1]
     side = dmath.min(height, width)
     top = fn.cast((height - side) // 2, dtype=types.FLOAT)
     left = fn.cast((width - side) // 2, dtype=types.FLOAT)
-    step = fn.cast(side, dtype=types.FLOAT) / float(size)  # source pixels per pixel of the square
+    step = fn.cast(side, dtype=types.FLOAT) / float(size)
     if window is None:
         out = size
     else:
         x, y, out = window
         top, left = top + y * step, left + x * step
-    if device == "cpu":
-        images, top, left = decode_region(encoded, top, left, out * step, step, height, width)
-    else:  # the GPU decodes whole images (the hardware decoder takes no regions)
-        images = decode(encoded, device, hw_decoder_load)
-    return resample(images, device, top, left, step, out)
+    return Region(top, left, step, out, height, width)
 
 
-def decode_region(encoded, top, left, extent, step, height, width):
-    """Decode on the CPU only the square [top, top + extent) × [left, left + extent), widened by
-    the resampling filter's reach (at most `step` + 1 pixels): the same pixels as decoding the
-    whole image, and libjpeg-turbo skips the blocks outside (benchmarks/RESULTS.md has the gain).
-    Returns the image and (top, left) relative to the region."""
+def decode_region(encoded, region: Region, device: str, hw_decoder_load: float):
+    """Decode only the region's square, widened by the resampling filter's reach (at most
+    `step` + 1 pixels): the same pixels as decoding the whole image, and libjpeg-turbo skips the
+    blocks outside (benchmarks/RESULTS.md has the gain on the CPU). Returns the image and (top,
+    left) relative to it."""
+    top, left, step = region.top, region.left, region.step
+    extent = region.out * step
     margin = dmath.ceil(step) + 1.0
     row0 = dmath.max(dmath.floor(top) - margin, 0.0)
     col0 = dmath.max(dmath.floor(left) - margin, 0.0)
-    row1 = dmath.min(dmath.ceil(top + extent) + margin, fn.cast(height, dtype=types.FLOAT))
-    col1 = dmath.min(dmath.ceil(left + extent) + margin, fn.cast(width, dtype=types.FLOAT))
+    row1 = dmath.min(dmath.ceil(top + extent) + margin, fn.cast(region.height, dtype=types.FLOAT))
+    col1 = dmath.min(dmath.ceil(left + extent) + margin, fn.cast(region.width, dtype=types.FLOAT))
     images = fn.decoders.image_slice(encoded, fn.stack(row0, col0), fn.stack(row1 - row0, col1 - col0),
                                      axis_names="HW", normalized_anchor=False, normalized_shape=False,
-                                     device="cpu", output_type=types.RGB)
+                                     **decoder_options(device, hw_decoder_load))
     return images, top - row0, left - col0
 
 

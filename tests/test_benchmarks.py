@@ -57,7 +57,8 @@ def test_pipeline_benchmark_sweeps_threads_and_keeps_every_ratio(tmp_path):
     report, stdout = run_benchmark("pipeline", tmp_path, "--images", 16, "--batch-size", 8, "--threads", "1,2")
     check_rows(report, ["dali-cpu[threads=1]", "dali-cpu[threads=2]", "pil-dataloader", "dali-reference-cpu[threads=1]",
                         "dali-reference-cpu[threads=2]", "dali-cpu-decode[threads=1]", "dali-cpu-decode[threads=2]",
-                        "pil-dataloader-decode", "dali-cpu-no-lighting", "dali-cpu-pca-stats"], 16, 8)
+                        "pil-dataloader-decode", "dali-cpu-decode-region", "dali-cpu-no-lighting", "dali-cpu-pca-stats"],
+               16, 8)
     threads = {row["name"]: row["threads"] for row in report["rows"]}
     assert threads["dali-reference-cpu[threads=2]"] == 2  # NVIDIA's pipeline follows the sweep: like for like
     assert threads["dali-reference-cpu[threads=1]"] == threads["dali-cpu-no-lighting"] == 1  # the first value
@@ -69,7 +70,9 @@ def test_pipeline_benchmark_sweeps_threads_and_keeps_every_ratio(tmp_path):
                 rf"dali-cpu\[threads=2\] / pil-dataloader = {ratio} \(DALI threads: 2, DataLoader workers: \d+\)",
                 rf"dali-cpu\[threads=2\] / dali-reference-cpu\[threads=2\] = {ratio} \(the same files, DALI threads: 2\)",
                 rf"dali-cpu\[threads=2\] runs at {share}",
-                rf"pil-dataloader runs at {share}"]
+                rf"pil-dataloader runs at {share}",
+                # the first setting's decode row against the region-only decoding of the same setting
+                r"dali-cpu-decode\[threads=1\]: decoding the training crop's region / the whole image = [0-9.]+"]
     assert len(report["notes"]) == len(expected)
     for pattern, note in zip(expected, report["notes"]):
         assert re.fullmatch(pattern, note), (pattern, note)
@@ -108,7 +111,8 @@ def test_suite_runs_the_tests_and_every_benchmark_into_one_folder(tmp_path):
     assert "1 passed" in (out / "test_gpu.log").read_text()
     reports = {name: json.loads((out / f"{name}.json").read_text()) for name in ("pipeline", "train", "predict")}
     check_rows(reports["pipeline"], ["dali-cpu", "pil-dataloader", "dali-reference-cpu", "dali-cpu-decode",
-                                     "pil-dataloader-decode", "dali-cpu-no-lighting", "dali-cpu-pca-stats"], 4, 4)
+                                     "pil-dataloader-decode", "dali-cpu-decode-region", "dali-cpu-no-lighting",
+                                     "dali-cpu-pca-stats"], 4, 4)
     check_rows(reports["train"], ["model-only fp32", "end-to-end fp32"], 4, 4)
     assert 0 < reports["train"]["rows"][1]["fraction_of_model_only"]
     check_rows(reports["predict"], TEN_CROP_CPU_ROWS, 4, 4)

@@ -117,6 +117,32 @@ def test_gpu_decoder_upsamples_chroma_as_the_cpu_decoder_does(images, hw_decoder
 
 
 @gpu
+def test_gpu_region_decoding_gives_the_whole_images_pixels(images):
+    """decode_region on the GPU (the candidate that benchmarks/pipeline.py's dali-gpu-decode-region
+    row times): the pixels of the whole-image GPU decode inside the region, to the decoders'
+    rounding (the hardware decoder may hand regions to nvJPEG's CUDA decoder)."""
+    import nvidia.dali.fn as fn
+    from nvidia.dali import pipeline_def
+
+    from alexnet_dali.pipelines.common import CROP_SIZE, SCALE_SIZE, centre_region, decode, decode_region
+
+    @pipeline_def(batch_size=len(images), num_threads=2, device_id=0)
+    def decoders():
+        encoded, _ = fn.readers.file(files=images)
+        region = centre_region(encoded, SCALE_SIZE, (7.0, 19.0, CROP_SIZE))
+        part, top, left = decode_region(encoded, region, "gpu", HW)
+        return part, decode(encoded, "gpu", HW), region.top - top, region.left - left  # the part's corner
+
+    parts, wholes, rows, cols = run_once(decoders())
+    for path, part, whole, row, col in zip(images, parts, wholes, rows, cols):
+        row, col = int(row), int(col)
+        assert CROP_SIZE <= part.shape[0] < whole.shape[0] and CROP_SIZE <= part.shape[1] < whole.shape[1], path
+        difference = np.abs(part.astype(np.int64) - whole[row:row + part.shape[0], col:col + part.shape[1]])
+        assert difference.max() <= DECODER_MAX_DIFFERENCE, (path, difference.max())
+        assert difference.mean() < DECODER_MEAN_DIFFERENCE, (path, difference.mean())
+
+
+@gpu
 def test_gpu_evaluation_pipeline_matches_the_cpu_one(images):
     results = {}
     for device in ("cpu", "gpu"):
