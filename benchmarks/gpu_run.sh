@@ -2,9 +2,11 @@
 # The next GPU session's run (issue 12's open Part B items), on a lent GPU host after the two
 # staging calls (.dali/0, .dali/1 copied to /tmp/dali): a third call carrying .dali/2 and .gpu-py
 # (pytest's wheels as pylibs.tar.xz) runs, from the repo root,
-#     bash benchmarks/gpu_run.sh unpack suite inet
-# and later calls on the warm machine any other steps. Every log goes to $OUT; results/h200/run.sh
-# is what ran on the H200 on 2026-11-26. The steps, most wanted first:
+#     bash benchmarks/gpu_run.sh unpack suite    (timeout_s 600; the suite stops itself at 7 minutes)
+# and a fourth, at once on the warm machine, carrying nothing,
+#     bash benchmarks/gpu_run.sh inet            (timeout_s 480; three epochs of at most 140 s each)
+# (the two in one call could pass the 10 minutes a command may take). Every log goes to $OUT;
+# results/h200/run.sh is what ran on the H200 on 2026-11-26. The steps, most wanted first:
 #   suite  the GPU tests, then every benchmark with a profile of each row (--profile), the reference
 #          like for like at 1.0 and 0.65, and at the first (the trainer's 1.0, 8 threads) the decoder
 #          without fancy upsampling and the decoder on the training crop's region only
@@ -37,7 +39,7 @@ EOF
 }
 
 suite() {  # the GPU tests, then every benchmark at the GPU's sizes, each row profiled
-  timeout ${1:-360} python benchmarks/suite.py --device gpu --out "$W/suite" --hw-decoder-load 1,0.65 \
+  timeout ${1:-420} python benchmarks/suite.py --device gpu --out "$W/suite" --hw-decoder-load 1,0.65 \
     --threads 8,16 --profile > "$OUT/suite.out" 2>&1
   log "suite exit $?"
   tar -C "$W" -czf "$OUT/suite.tar.gz" suite  # one file: many small ones would be left out of $OUT
@@ -63,7 +65,7 @@ EOF
   log "inet data: $(tail -1 $OUT/inet-make.log)"
   for variant in "bf16" "bf16 --compile" "fp32"; do
     name=${variant// --/-}; rm -rf "$W/epoch-$name"
-    timeout 200 python -m alexnet_dali train /tmp/inet --out "$W/epoch-$name" --epochs 1 \
+    timeout 140 python -m alexnet_dali train /tmp/inet --out "$W/epoch-$name" --epochs 1 \
       --batch-size 256 --precision $variant > "$OUT/inet-epoch-$name.log" 2>&1
     log "inet epoch $variant exit $?"
     cp "$W/epoch-$name/history.json" "$OUT/inet-epoch-$name-history.json" 2>/dev/null
