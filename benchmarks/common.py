@@ -259,6 +259,14 @@ def table(rows: list[dict], first: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def sync(device) -> None:
+    """Wait for the work queued on a torch device (nothing to wait for on the CPU)."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def drain(loader, device: str) -> None:
     """One epoch of `loader`, waiting for the GPU's queued work at the end."""
     for _ in loader:

@@ -14,37 +14,20 @@ from pathlib import Path
 
 import torch
 
-from common import (alexnet, base_parser, data_files, devices, parse, profile_path, report, sizes, ten_crop_predictor,
-                    timed, torch_device)
-
-VIEWS = 10
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def pipeline_only(predictor, blobs, device):
-    """Every batch's views made and handed over, none read by a network."""
-    def run():
-        for _ in predictor.views(blobs):
-            pass
-        sync(device)
-
-    return run
+from common import (alexnet, base_parser, data_files, devices, drain, parse, profile_path, report, sizes, sync,
+                    ten_crop_predictor, timed, torch_device)
 
 
 def model_only(predictor, device, batch_size: int, images: int):
     """The Predictor's network and its softmax mean over `images` images' views already on the
     device, in the end-to-end row's batches (the last one partial) and in the layout the pipeline
     delivers (NHWC memory seen as NCHW on the GPU)."""
-    from alexnet_dali.evaluate import mean_log_softmax
+    from alexnet_dali.evaluate import TEN_VIEWS, mean_log_softmax
 
     if device.type == "cuda":
-        views = (torch.randn(batch_size, VIEWS, 224, 224, 3, device=device) * 60).movedim(-1, -3)
+        views = (torch.randn(batch_size, TEN_VIEWS, 224, 224, 3, device=device) * 60).movedim(-1, -3)
     else:
-        views = torch.randn(batch_size, VIEWS, 3, 224, 224, device=device) * 60
+        views = torch.randn(batch_size, TEN_VIEWS, 3, 224, 224, device=device) * 60
     batches = [min(batch_size, images - start) for start in range(0, images, batch_size)]
 
     @torch.inference_mode()
@@ -83,7 +66,8 @@ def main(argv=None):
             variant = precision + ("+compile" if compiled else "")
             predictor = ten_crop_predictor(alexnet(1000, kind), kind, batch_size, precision, compiled)
             if pipeline is None:
-                run = pipeline_only(predictor, subset, device)
+                # every batch's views made and handed over, none read by a network
+                run = lambda: drain(predictor.views(subset), kind)  # noqa: E731
                 pipeline = timed(run, len(subset), args.trials, warmup=run,
                                  profile_to=profile_path(args, "ten-crop pipeline-only"))
                 rows.append({"name": "ten-crop pipeline-only", "variant": "pipeline-only", **common, **pipeline})

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common import (alexnet, autocast, base_parser, data_files, devices, parse, profile_path, report, sizes, timed,
-                    torch_device)
+from common import (alexnet, autocast, base_parser, data_files, devices, parse, profile_path, report, sizes, sync,
+                    timed, torch_device)
 from common import training_loader
 
 CLASSES = 1000
@@ -42,11 +42,6 @@ def build(device: str, channels_last: bool, compiled: bool):
     net = alexnet(CLASSES, device, channels_last)
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
     return (torch.compile(net) if compiled else net), optimizer
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def model_only(step, device, batch_size: int, images: int):
