@@ -5,7 +5,8 @@
 #     bash benchmarks/gpu_run.sh unpack suite    (timeout_s 600; the suite stops itself at 7 minutes)
 # and a fourth, at once on the warm machine, carrying nothing,
 #     bash benchmarks/gpu_run.sh inet            (timeout_s 480; three epochs of at most 140 s each)
-# (the two in one call could pass the 10 minutes a command may take). Every log goes to $OUT;
+# (the two in one call could pass the 10 minutes a command may take). SUITE_SECONDS (default 420) caps
+# the suite; INET (default "bf16 --compile,bf16,fp32") lists the epochs, for a shorter device budget. Every log goes to $OUT;
 # results/h200/run.sh is what ran on the H200 on 2026-11-26. The steps, most wanted first:
 #   suite  the GPU tests, then every benchmark with a profile of each row (--profile), the reference
 #          like for like at 1.0 and 0.65, and at the first (the trainer's 1.0, 8 threads) the decoder
@@ -39,12 +40,13 @@ EOF
 }
 
 suite() {  # the GPU tests, then every benchmark at the GPU's sizes, each row profiled
-  timeout ${1:-420} python benchmarks/suite.py --device gpu --out "$W/suite" --hw-decoder-load 1,0.65 \
+  timeout ${SUITE_SECONDS:-420} python benchmarks/suite.py --device gpu --out "$W/suite" --hw-decoder-load 1,0.65 \
     --threads 8,16 --profile > "$OUT/suite.out" 2>&1
   log "suite exit $?"
   tar -C "$W" -czf "$OUT/suite.tar.gz" suite  # one file: many small ones would be left out of $OUT
 }
 
+IFS=, read -r -a INET_VARIANTS <<< "${INET:-bf16 --compile,bf16,fp32}"
 inet() {  # 1000 classes x (50 train + 5 val) files of the benchmark's 500x375 JPEGs: one epoch each
   python - <<'EOF' > "$OUT/inet-make.log" 2>&1
 import os, sys
@@ -63,7 +65,7 @@ for split, per in (("train", 50), ("val", 5)):
 print("made", root)
 EOF
   log "inet data: $(tail -1 $OUT/inet-make.log)"
-  for variant in "bf16" "bf16 --compile" "fp32"; do
+  for variant in "${INET_VARIANTS[@]}"; do
     name=${variant// --/-}; rm -rf "$W/epoch-$name"
     timeout 140 python -m alexnet_dali train /tmp/inet --out "$W/epoch-$name" --epochs 1 \
       --batch-size 256 --precision $variant > "$OUT/inet-epoch-$name.log" 2>&1
