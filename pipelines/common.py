@@ -88,7 +88,8 @@ def decode_and_centre(encoded, device: str, hw_decoder_load: float, size: int = 
     region = centre_region(encoded, size, window)
     if device == "cpu":
         images, top, left = decode_region(encoded, region, device, hw_decoder_load)
-    else:  # the GPU decodes whole images (whether regions pay there: benchmarks/pipeline.py's -decode-region row)
+    else:  # the GPU decodes whole images: a region ran at 0.17x the whole image on an H100, since
+        # nvJPEG < 13.2 leaves its fast path for regions with fancy upsampling (benchmarks/RESULTS.md)
         images, top, left = decode(encoded, device, hw_decoder_load), region.top, region.left
     return resample(images, device, top, left, region.step, region.out)
 
