@@ -8,7 +8,8 @@ DIR receives test_gpu.log (pytest's output for tests/test_gpu.py), pipeline.json
 predict.json with a .log beside each, and summary.txt (the table printed at the end). --images and
 --batch-size replace every benchmark's per-device defaults; --hw-decoder-load and --threads go to
 benchmarks/pipeline.py. --profile adds one profiled pass per row (torch.profiler: the operators and
-kernels that took the time) as DIR/profiles/<row>.txt, for every figure that misses its goal.
+kernels that took the time) as DIR/profiles/<row>.txt, and its timeline (a Chrome trace) as
+DIR/profiles/<row>.trace.json.gz, for every figure that misses its goal.
 `--device cpu` runs the same on the CPU, where the GPU tests are skipped.
 A failing test or benchmark does not stop the others; the exit status is then 1.
 """
@@ -26,7 +27,7 @@ from common import gpu_present, table
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-# most wanted first, in case a lent machine's time runs out: train's rows were measured on the H200
+# most wanted first, in case a lent machine's time runs out (the H100's run stopped in predict)
 BENCHMARKS = ("pipeline", "predict", "train")
 
 
@@ -97,7 +98,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", default=None, help="pipeline.py's sweep of DALI threads")
     parser.add_argument("--no-tests", action="store_true", help="skip tests/test_gpu.py")
     parser.add_argument("--profile", action="store_true",
-                        help="one profiled pass per row into OUT/profiles/<row>.txt (torch.profiler's table)")
+                        help="one profiled pass per row into OUT/profiles/<row>.txt (torch.profiler's table) "
+                             "and <row>.trace.json.gz (its timeline)")
     args = parser.parse_args(argv)
     if args.device == "gpu" and not gpu_present():
         parser.error("--device gpu: torch sees no CUDA GPU on this machine")
