@@ -5,6 +5,7 @@ the last section, the only calls the benchmarks make into alexnet_dali."""
 from __future__ import annotations
 
 import argparse
+import gzip
 import itertools
 import json
 import multiprocessing
@@ -51,7 +52,7 @@ def base_parser(description: str, *, cpu: tuple[int, int], gpu: tuple[int, int])
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="after each row's trials, one more pass under torch.profiler: DIR/<row>.txt lists the "
-                             "operators and kernels that took the time")
+                             "operators and kernels that took the time, DIR/<row>.trace.json.gz is its timeline")
     return parser
 
 
@@ -208,7 +209,10 @@ def profile_path(args, row: str) -> Path | None:
 def write_profile(run_once, images: int, path: Path) -> None:
     """One pass of `run_once` under torch.profiler: the operators and kernels by the time they took
     themselves (on the GPU its kernels, DALI's included; the hardware decoder is not a kernel), the
-    view that shows whether the decoder, a copy, the model or the host holds a row back."""
+    view that shows whether the decoder, a copy, the model or the host holds a row back. Beside it,
+    the pass's timeline as a gzipped Chrome trace (<row>.trace.json.gz, for chrome://tracing or
+    Perfetto): whether two kinds of work overlap (the H100's ten-crop: decoding and the network
+    did not) is in the timeline, not in the table."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -222,6 +226,11 @@ def write_profile(run_once, images: int, path: Path) -> None:
     path.write_text(f"{path.stem}: {images} images in {seconds:.3f} s under the profiler "
                     f"({images / seconds:.1f} images/s), sorted by {sort}\n\n"
                     + prof.key_averages().table(sort_by=sort, row_limit=30) + "\n")
+    trace = path.with_name(path.stem + ".trace.json")
+    prof.export_chrome_trace(str(trace))
+    with open(trace, "rb") as raw, gzip.open(f"{trace}.gz", "wb") as packed:
+        shutil.copyfileobj(raw, packed)
+    trace.unlink()
 
 
 def report(title: str, rows: list[dict], args, notes: list[str] = ()) -> dict:

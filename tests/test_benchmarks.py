@@ -2,6 +2,7 @@
 their tables and write the promised JSON. No timing is asserted here (figures come from full runs:
 benchmarks/RESULTS.md)."""
 
+import gzip
 import json
 import os
 import re
@@ -124,12 +125,17 @@ def test_suite_runs_the_tests_and_every_benchmark_into_one_folder(tmp_path):
         f"({model_rate:.1f}) and {fed_rate / pipeline_rate:.1%} of pipeline-only ({pipeline_rate:.1f}): "
         f"the network bounds it ({model_rate:.1f} images/s alone)"]
     rows = [row["name"] for report in reports.values() for row in report["rows"]]
-    profiles = {p.stem: p.read_text() for p in (out / "profiles").iterdir()}
-    assert sorted(profiles) == sorted(name.replace(" ", "_") for name in rows)
-    # the network's layers, with their time
+    profiles = {p.stem: p.read_text() for p in (out / "profiles").glob("*.txt")}
+    traces = {p.name.removesuffix(".trace.json.gz"): p for p in (out / "profiles").glob("*.trace.json.gz")}
+    assert sorted(profiles) == sorted(traces) == sorted(name.replace(" ", "_") for name in rows)
+    assert len(list((out / "profiles").iterdir())) == 2 * len(rows)
+    # the network's layers, with their time, in the table and on the timeline
     for name in ("ten-crop_fp32", "ten-crop_model-only_fp32", "model-only_fp32", "end-to-end_fp32"):
         assert re.match(rf"{name}: 4 images in [0-9.]+ s under the profiler", profiles[name])
         assert re.search(r"^\s*aten::\w*convolution\w*\s+[0-9.]+%", profiles[name], re.MULTILINE), profiles[name]
+        events = json.loads(gzip.decompress(traces[name].read_bytes()))["traceEvents"]
+        convolutions = [e for e in events if re.fullmatch(r"aten::\w*convolution\w*", e.get("name", ""))]
+        assert convolutions and all(e["ph"] == "X" and e["dur"] > 0 for e in convolutions), name
     summary = (out / "summary.txt").read_text()
     assert summary.strip() in result.stdout  # printed as written
     assert re.search(r"^GPU tests \(tests/test_gpu.py\): \d+ passed, \d+ skipped", summary, re.MULTILINE)
