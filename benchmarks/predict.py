@@ -4,12 +4,20 @@ end-to-end row, its two halves alone: `pipeline-only` (decoding and the ten view
 `model-only` (the network on views already in memory), so the notes say which one bounds it. On a
 GPU: fp32, bf16 and bf16 with the network compiled (Predictor(compile=True)).
 
+Whether decoding the next batch overlaps the network on this one: each end-to-end row's note sets
+it against the rate if the halves overlapped fully and the rate one after the other. And
+`ten-crop host-wait` drains the pipeline while the host waits, per batch, as long as decoding it
+took, with the device left free: whether the Predictor's feeding overlaps at all. (On the H100 the
+bf16+compile row did not overlap: if host-wait does there, decoding and the network contend on the
+GPU; if it does not, the feeding waits.)
+
     python benchmarks/predict.py [--device cpu|gpu|all] [--data DIR] [--images N] [--batch-size B] [--json PATH]
                                  [--profile DIR]
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -37,6 +45,29 @@ def model_only(predictor, device, batch_size: int, images: int):
         sync(device)
 
     return run
+
+
+def host_wait(predictor, blobs, kind: str, wait_rate: float):
+    """The Predictor's views of `blobs` while the host waits, per batch, as long as `wait_rate`
+    images/s take on it, and the device stays free."""
+    def run():
+        for views in predictor.views(blobs):
+            time.sleep(views.shape[0] / wait_rate)
+        sync(torch_device(kind))
+
+    return run
+
+
+def overlap_note(label: str, rate: float, model: dict, pipeline: dict) -> str:
+    """`rate` against the consumer (`model`) and the pipeline overlapped fully (the slower one's
+    rate) and run one after the other (the harmonic sum)."""
+    overlapped = min(model["images_per_sec"], pipeline["images_per_sec"])
+    serial = 1.0 / (1.0 / model["images_per_sec"] + 1.0 / pipeline["images_per_sec"])
+    if overlapped - serial < 0.1 * overlapped:
+        verdict = "the halves are too unequal to tell"
+    else:
+        verdict = "they overlap" if rate >= (overlapped + serial) / 2 else "they do not overlap"
+    return f"{label}: {rate:.1f} images/s; fully overlapped {overlapped:.1f}, one after the other {serial:.1f}: {verdict}"
 
 
 def limit_note(device: str, variant: str, fed: dict, model: dict, pipeline: dict) -> str:
@@ -71,6 +102,12 @@ def main(argv=None):
                 pipeline = timed(run, len(subset), args.trials, warmup=run,
                                  profile_to=profile_path(args, "ten-crop pipeline-only"))
                 rows.append({"name": "ten-crop pipeline-only", "variant": "pipeline-only", **common, **pipeline})
+                run = host_wait(predictor, subset, kind, pipeline["images_per_sec"])
+                waited = timed(run, len(subset), args.trials, warmup=run,
+                               profile_to=profile_path(args, "ten-crop host-wait"))
+                rows.append({"name": "ten-crop host-wait", "variant": "host-wait", **common, **waited})
+                notes.append(overlap_note(f"{kind} ten-crop host-wait (the host waits as long as decoding takes, the "
+                                          "device is free)", waited["images_per_sec"], pipeline, pipeline))
             run = model_only(predictor, device, batch_size, len(subset))
             model = timed(run, len(subset), args.trials, warmup=run,
                           profile_to=profile_path(args, f"ten-crop model-only {variant}"))
@@ -81,6 +118,7 @@ def main(argv=None):
             rows.append({"name": f"ten-crop {variant}", "variant": variant, **common, **fed,
                          "fraction_of_model_only": round(fed["images_per_sec"] / model["images_per_sec"], 3)})
             notes.append(limit_note(kind, variant, fed, model, pipeline))
+            notes.append(overlap_note(f"{kind} ten-crop {variant}", fed["images_per_sec"], model, pipeline))
     return report("ten-crop prediction", rows, args, notes)
 
 

@@ -36,7 +36,7 @@ def check_rows(report, names, images, batch_size):
 
 
 # benchmarks/predict.py on the CPU: each half alone, then the two together
-TEN_CROP_CPU_ROWS = ["ten-crop pipeline-only", "ten-crop model-only fp32", "ten-crop fp32"]
+TEN_CROP_CPU_ROWS = ["ten-crop pipeline-only", "ten-crop host-wait", "ten-crop model-only fp32", "ten-crop fp32"]
 
 
 def generated_sets(tmp_path):
@@ -118,12 +118,18 @@ def test_suite_runs_the_tests_and_every_benchmark_into_one_folder(tmp_path):
     assert 0 < reports["train"]["rows"][1]["fraction_of_model_only"]
     check_rows(reports["predict"], TEN_CROP_CPU_ROWS, 4, 4)
     # on 2 cores the network is far slower than decoding: the note must say so, with the rows' figures
-    pipeline_rate, model_rate, fed_rate = (row["images_per_sec"] for row in reports["predict"]["rows"])
+    pipeline_rate, waited_rate, model_rate, fed_rate = (row["images_per_sec"] for row in reports["predict"]["rows"])
     assert model_rate < pipeline_rate
+    serial = 1 / (1 / model_rate + 1 / pipeline_rate)
     assert reports["predict"]["notes"] == [
+        f"cpu ten-crop host-wait (the host waits as long as decoding takes, the device is free): {waited_rate:.1f} "
+        f"images/s; fully overlapped {pipeline_rate:.1f}, one after the other {pipeline_rate / 2:.1f}: "
+        + ("they overlap" if waited_rate >= 0.75 * pipeline_rate else "they do not overlap"),
         f"cpu ten-crop fp32: {fed_rate:.1f} images/s end to end, {fed_rate / model_rate:.1%} of model-only "
         f"({model_rate:.1f}) and {fed_rate / pipeline_rate:.1%} of pipeline-only ({pipeline_rate:.1f}): "
-        f"the network bounds it ({model_rate:.1f} images/s alone)"]
+        f"the network bounds it ({model_rate:.1f} images/s alone)",
+        f"cpu ten-crop fp32: {fed_rate:.1f} images/s; fully overlapped {model_rate:.1f}, one after the other "
+        f"{serial:.1f}: the halves are too unequal to tell"]
     rows = [row["name"] for report in reports.values() for row in report["rows"]]
     profiles = {p.stem: p.read_text() for p in (out / "profiles").glob("*.txt")}
     traces = {p.name.removesuffix(".trace.json.gz"): p for p in (out / "profiles").glob("*.trace.json.gz")}
@@ -178,4 +184,20 @@ def test_the_ten_crop_note_names_the_half_that_bounds_it(monkeypatch):
         "(10000.0): the network bounds it (2900.0 images/s alone)")
     assert limit_note("gpu", "bf16+compile", rate(4000.0), rate(9000.0), rate(4500.0)).endswith(
         ": the pipeline bounds it (4500.0 images/s alone)")
+
+
+def test_the_overlap_note_tells_overlapped_from_one_after_the_other(monkeypatch):
+    """On the H100's figures (network 7,111 and pipeline 10,989 images/s alone): the end-to-end
+    4,086 is the two one after the other (4,317), a rate near 7,111 would be overlapped; halves
+    too unequal (the CPU's network, 20 times slower than decoding) cannot tell either."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from predict import overlap_note
+
+    model, pipeline = {"images_per_sec": 7111.0}, {"images_per_sec": 10989.0}
+    assert overlap_note("gpu ten-crop bf16+compile", 4086.0, model, pipeline) == (
+        "gpu ten-crop bf16+compile: 4086.0 images/s; fully overlapped 7111.0, one after the other 4317.3: "
+        "they do not overlap")
+    assert overlap_note("x", 6900.0, model, pipeline).endswith(": they overlap")
+    assert overlap_note("x", 5.0, {"images_per_sec": 5.0}, {"images_per_sec": 100.0}).endswith(
+        ": the halves are too unequal to tell")
 
