@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# The next GPU session's run (issue 12's open Part B items), on a lent GPU host after the two
-# staging calls (.dali/0, .dali/1 copied to /tmp/dali): a third call carrying .dali/2 and .gpu-py
-# (pytest's wheels as pylibs.tar.xz) runs, from the repo root,
+# A GPU session's run, on a lent GPU host after the two staging calls (.dali/0, .dali/1 copied to
+# /tmp/dali): a third call carrying .dali/2 and .gpu-py (pytest's wheels as pylibs.tar.xz) runs,
+# from the repo root,
 #     bash benchmarks/gpu_run.sh unpack suite    (timeout_s 600; the suite stops itself at 7 minutes)
 # and a fourth, at once on the warm machine, carrying nothing,
-#     bash benchmarks/gpu_run.sh inet            (timeout_s 480; three epochs of at most 140 s each)
-# (the two in one call could pass the 10 minutes a command may take). SUITE_SECONDS (default 420) caps
-# the suite; INET (default "bf16 --compile,bf16,fp32") lists the epochs, for a shorter device budget. Every log goes to $OUT;
-# results/h200/run.sh is what ran on the H200 on 2026-11-26. The steps, most wanted first:
-#   suite  the GPU tests, then every benchmark with a profile of each row (--profile), the reference
-#          like for like at 1.0 and 0.65, and at the first (the trainer's 1.0, 8 threads) the decoder
-#          without fancy upsampling and the decoder on the training crop's region only
+#     bash benchmarks/gpu_run.sh inet            (timeout_s 600; four epochs of at most 140 s each)
+# (the two in one call could pass the 10 minutes a command may take). SUITE_SECONDS (default 420)
+# caps the suite; INET (default "bf16 --compile,bf16 --compile --prefetch 4,bf16,fp32") lists the
+# epochs (--prefetch 4: whether a deeper queue feeds the compiled model, which waited for its
+# batches 19% of the time on the H100). With 15 minutes of device time in all, the H100's run
+# (results/h100/run.sh) used SUITE_SECONDS=375 INET="bf16 --compile" and ran the rest in later calls;
+# results/h200/run.sh is what ran on the H200. Every log goes to $OUT. The steps, most wanted first:
+#   suite  the GPU tests, then every benchmark with a profile (table and timeline) of each row, the
+#          reference like for like at 1.0 and 0.65, ten-crop's halves and host-wait row, and at the
+#          first setting (the trainer's 1.0, 8 threads) the decoder without fancy upsampling
 #   inet   one epoch of `alexnet-dali train` on a 50,000-file 1000-class set at the defaults
-#          (hw_decoder_load 1.0), bf16, bf16 + --compile, fp32
+#          (hw_decoder_load 1.0) for each of INET's variants
 #   demo   `alexnet-dali demo --device gpu` at the current defaults
 set -uo pipefail
 REPO=$PWD
@@ -46,7 +49,7 @@ suite() {  # the GPU tests, then every benchmark at the GPU's sizes, each row pr
   tar -C "$W" -czf "$OUT/suite.tar.gz" suite  # one file: many small ones would be left out of $OUT
 }
 
-IFS=, read -r -a INET_VARIANTS <<< "${INET:-bf16 --compile,bf16,fp32}"
+IFS=, read -r -a INET_VARIANTS <<< "${INET:-bf16 --compile,bf16 --compile --prefetch 4,bf16,fp32}"
 inet() {  # 1000 classes x (50 train + 5 val) files of the benchmark's 500x375 JPEGs: one epoch each
   python - <<'EOF' > "$OUT/inet-make.log" 2>&1
 import os, sys
@@ -66,7 +69,7 @@ print("made", root)
 EOF
   log "inet data: $(tail -1 $OUT/inet-make.log)"
   for variant in "${INET_VARIANTS[@]}"; do
-    name=${variant// --/-}; rm -rf "$W/epoch-$name"
+    name=$(sed -E 's/ +-*/-/g' <<< "$variant"); rm -rf "$W/epoch-$name"  # "bf16 --prefetch 4": bf16-prefetch-4
     timeout 140 python -m alexnet_dali train /tmp/inet --out "$W/epoch-$name" --epochs 1 \
       --batch-size 256 --precision $variant > "$OUT/inet-epoch-$name.log" 2>&1
     log "inet epoch $variant exit $?"
