@@ -5,7 +5,6 @@ the last section, the only calls the benchmarks make into alexnet_dali."""
 from __future__ import annotations
 
 import argparse
-import gzip
 import itertools
 import json
 import multiprocessing
@@ -226,11 +225,7 @@ def write_profile(run_once, images: int, path: Path) -> None:
     path.write_text(f"{path.stem}: {images} images in {seconds:.3f} s under the profiler "
                     f"({images / seconds:.1f} images/s), sorted by {sort}\n\n"
                     + prof.key_averages().table(sort_by=sort, row_limit=30) + "\n")
-    trace = path.with_name(path.stem + ".trace.json")
-    prof.export_chrome_trace(str(trace))
-    with open(trace, "rb") as raw, gzip.open(f"{trace}.gz", "wb") as packed:
-        shutil.copyfileobj(raw, packed)
-    trace.unlink()
+    prof.export_chrome_trace(str(path.with_name(path.stem + ".trace.json.gz")))  # .gz: torch gzips it
 
 
 def report(title: str, rows: list[dict], args, notes: list[str] = ()) -> dict:

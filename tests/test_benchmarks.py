@@ -200,4 +200,3 @@ def test_the_overlap_note_tells_overlapped_from_one_after_the_other(monkeypatch)
     assert overlap_note("x", 6900.0, model, pipeline).endswith(": they overlap")
     assert overlap_note("x", 5.0, {"images_per_sec": 5.0}, {"images_per_sec": 100.0}).endswith(
         ": the halves are too unequal to tell")
-

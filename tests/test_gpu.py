@@ -119,8 +119,8 @@ def test_gpu_decoder_upsamples_chroma_as_the_cpu_decoder_does(images, hw_decoder
 @gpu
 def test_gpu_region_decoding_gives_the_whole_images_pixels(images):
     """decode_region on the GPU (which the GPU pipelines do not use: on an H100 it ran at 0.17x the
-    whole-image decode, benchmarks/RESULTS.md): the pixels of the whole-image GPU decode inside the region, to the decoders'
-    rounding (the hardware decoder may hand regions to nvJPEG's CUDA decoder)."""
+    whole-image decode, benchmarks/RESULTS.md): the pixels of the whole-image GPU decode inside the
+    region, to the decoders' rounding (the hardware decoder may hand regions to nvJPEG's CUDA decoder)."""
     import nvidia.dali.fn as fn
     from nvidia.dali import pipeline_def
 
