@@ -14,7 +14,6 @@ object's life: between two fits no other run (object or process) can write into 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -155,9 +154,7 @@ class AlexNet:
         predict. `fit` trains its weights on the data it was trained on, into `out_dir` (default:
         a new run directory)."""
         state = load_state(path)
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        saved = {key: value for key, value in state.config.items() if key in known}
-        config = TrainConfig.from_dict({**saved, "device": device, "resume": False,
+        config = TrainConfig.from_dict({**TrainConfig.recorded(state.config), "device": device, "resume": False,
                                         "out": str(out_dir) if out_dir is not None else default_run_dir()})
         model = cls.__new__(cls)
         model._start(config, verbose)

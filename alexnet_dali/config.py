@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 # (an H200: 17,300 against 10,600; benchmarks/RESULTS.md). GPUs without the hardware decoder ignore it.
 HW_DECODER_LOAD = 1.0
 
+# The biases of conv2, conv4, conv5, fc6 and fc7 at initialisation: Caffe's 0.1 (model.py).
+# Runs recorded before the option existed were initialised with the paper's 1.
+INIT_BIAS = 0.1
+INIT_BIAS_BEFORE_THE_OPTION = 1.0
+
 
 class ConfigError(ValueError):
     """A configuration value (from the command line or the API) that cannot be used."""
@@ -68,8 +73,8 @@ class TrainConfig:
     # Caffe's reference AlexNet (bvlc_alexnet) starts these biases at 0.1: "found necessary for
     # training, as initialization to 1 gave flat loss". Measured here: on few classes, 1 makes the
     # output's class prior swing (loss 3-5x chance in epochs 2-3); 0.1 does not (README, Train).
-    init_bias: float = _opt(1.0, "bias of conv2, conv4, conv5, fc6 and fc7 at initialisation (the paper: 1; "
-                                 "Caffe's reference AlexNet: 0.1, steadier on few classes)")
+    init_bias: float = _opt(INIT_BIAS, "bias of conv2, conv4, conv5, fc6 and fc7 at initialisation (Caffe's "
+                                       "reference AlexNet: 0.1; the paper: 1)")
     precision: str = _opt("fp32", "bf16: bf16 autocast for the forward pass and loss (weights, gradients and SGD "
                                   "stay fp32); benchmarks/train.py measures both", choices=PRECISIONS)
     compile: bool = _opt(False, "torch.compile the network for the training steps (on an H100 in bf16 the trainer ran "
@@ -124,6 +129,17 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
         return cls(**values)
+
+    @classmethod
+    def recorded(cls, saved: dict) -> dict:
+        """The fields a run's saved config (config.json, a checkpoint) records, as it ran: keys of
+        another version are dropped, and a run saved before --init-bias existed gets the paper's 1
+        it was initialised with (not today's default)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {name: value for name, value in saved.items() if name in known}
+        if saved and "init_bias" not in saved:
+            values["init_bias"] = INIT_BIAS_BEFORE_THE_OPTION
+        return values
 
     def replace(self, **changes) -> TrainConfig:
         return self.from_dict({**self.to_dict(), **changes})

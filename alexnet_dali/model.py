@@ -31,7 +31,10 @@ LRN_BETA = 0.75
 LRN_K = 2.0
 
 INPUT_SIZE = 224
+# Section 5 starts the biases of these layers at 1; Caffe's reference AlexNet (bvlc_alexnet) at
+# 0.1, "found necessary for training, as initialization to 1 gave flat loss". 0.1 is the default.
 BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
+CAFFE_INIT_BIAS = 0.1
 
 
 def lrn() -> nn.LocalResponseNorm:
@@ -42,7 +45,8 @@ def lrn() -> nn.LocalResponseNorm:
 class AlexNetModule(nn.Module):
     """The paper's network. `groups=1` (default) is the single-GPU variant most reproductions use."""
 
-    def __init__(self, num_classes: int = 1000, groups: int = 1, dropout: float = 0.5, init_bias: float = 1.0):
+    def __init__(self, num_classes: int = 1000, groups: int = 1, dropout: float = 0.5,
+                 init_bias: float = CAFFE_INIT_BIAS):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
@@ -74,8 +78,9 @@ class AlexNetModule(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Section 5: weights N(0, 0.01); biases 1 (`init_bias`) in conv2, conv4, conv5 and the
-        hidden fully connected layers (positive inputs for the ReLUs early on), 0 elsewhere."""
+        """Section 5: weights N(0, 0.01); biases `init_bias` (the paper: 1; default: Caffe's 0.1) in
+        conv2, conv4, conv5 and the hidden fully connected layers (positive inputs for the ReLUs
+        early on), 0 elsewhere."""
         for name, layer in self.weighted_layers().items():
             nn.init.normal_(layer.weight, mean=0.0, std=0.01)
             nn.init.constant_(layer.bias, self.init_bias if name in BIAS_ONE else 0.0)

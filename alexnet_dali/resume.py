@@ -54,7 +54,7 @@ RESUME_INVOCATION = ("out", "resume", "device", "dali_threads", "prefetch", "hw_
 def resumed_config(state: TrainState, config: TrainConfig, given: set[str], world_size: int) -> TrainConfig:
     """The config a resumed run really uses: the checkpoint's, with the options `given` on this
     command applied where they may change. CheckpointError listing every refused change."""
-    saved = {name: value for name, value in state.config.items() if name in TrainConfig.__dataclass_fields__}
+    saved = TrainConfig.recorded(state.config)
     values = config.to_dict()
     for name, value in saved.items():
         if name not in given and name not in RESUME_INVOCATION:

@@ -42,7 +42,8 @@ def centre_crop(path: Path) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="where the small data set is made")
-    parser.add_argument("--init-bias", type=float, default=1.0, help="as alexnet-dali train's (default: the paper's 1)")
+    parser.add_argument("--init-bias", type=float, default=1.0,
+                        help="as alexnet-dali train's (default: the paper's 1, which shows the swing; train's: 0.1)")
     args = parser.parse_args()
     paths = make_demo_dataset(args.folder, counts={"train": 16, "val": 6}, seed=0)
     labels = json.loads(Path(paths["labels"]).read_text())

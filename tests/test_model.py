@@ -96,15 +96,17 @@ def test_dropout_only_in_fc6_and_fc7():
 
 
 def test_init_bias_replaces_the_papers_ones_and_nothing_else():
-    """--init-bias 0.1 (Caffe's reference AlexNet): the same layers start at 0.1 instead of 1."""
+    """The default starts conv2, conv4, conv5, fc6 and fc7 at Caffe's 0.1; init_bias=1 is the
+    paper's section 5. The weights are drawn alike; every other bias starts at 0."""
     torch.manual_seed(0)
-    paper = AlexNetModule(10)
+    paper = AlexNetModule(10, init_bias=1.0)
     torch.manual_seed(0)
-    caffe = AlexNetModule(10, init_bias=0.1)
-    for (name, a), b in zip(paper.weighted_layers().items(), caffe.weighted_layers().values()):
+    default = AlexNetModule(10)
+    for (name, a), b in zip(paper.weighted_layers().items(), default.weighted_layers().values()):
         assert torch.equal(a.weight, b.weight), name  # the weights are drawn as before
-        expected = 0.1 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
-        assert torch.all(b.bias == torch.tensor(expected, dtype=b.bias.dtype)), name
+        in_bias_one = name in ("conv2", "conv4", "conv5", "fc6", "fc7")
+        assert torch.all(a.bias == torch.tensor(1.0 if in_bias_one else 0.0)), name
+        assert torch.all(b.bias == torch.tensor(0.1 if in_bias_one else 0.0, dtype=b.bias.dtype)), name
 
 
 @pytest.mark.parametrize("bad", [{"num_classes": 0}, {"groups": 3}, {"dropout": 1.0}, {"init_bias": -0.5},
