@@ -70,6 +70,14 @@ def test_initialisation_statistics():
         # mean within 5 standard errors of 0, std within 5 standard errors of 0.01
         assert abs(w.mean().item()) < 5 * 0.01 / n**0.5, name
         assert abs(w.std().item() - 0.01) < 5 * 0.01 / (2 * n) ** 0.5 + 1e-6, name
+        # Caffe's 0.1 by default (issue 24); 0 for conv1, conv3 and fc8 as in the paper
+        expected_bias = 0.1 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
+        assert torch.all(layer.bias == torch.tensor(expected_bias)), name
+
+
+def test_the_papers_init_bias_of_1_is_one_argument_away():
+    net = AlexNetModule(10, init_bias=1.0)
+    for name, layer in net.weighted_layers().items():
         expected_bias = 1.0 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
         assert torch.all(layer.bias == expected_bias), name
 
