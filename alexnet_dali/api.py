@@ -26,7 +26,7 @@ from .checkpoint import save_checkpoint
 from .config import TrainConfig
 from .log import logger, setup_logging
 from .predict import Predictor
-from .prepare import PreparedData, prepare_data
+from .dataset import TrainingData, load_training_data
 from .rundir import RunLock, check_out_dir
 from .state import TrainState, load_state
 from .train import new_state, start_process, train
@@ -65,7 +65,7 @@ class AlexNet:
         )
         check_out_dir(config.out, "out_dir")  # before the scan and the PCA pass, which take minutes on ImageNet
         self._start(config, verbose)
-        self.data: PreparedData | None = prepare_data(config, self._dist, self._placement)
+        self.data: TrainingData | None = load_training_data(config, self._dist, self._placement)
         self.state: TrainState = new_state(config, self.data)
 
     def _start(self, config: TrainConfig, verbose: bool) -> None:
@@ -118,7 +118,7 @@ class AlexNet:
             if not self.config.data:
                 raise RuntimeError("this model has no data set to train on: build AlexNet(data_path, ...) and copy "
                                    "the weights into its net, or save a model that records its data")
-            self.data = prepare_data(self.config, self._dist, self._placement)
+            self.data = load_training_data(self.config, self._dist, self._placement)
         config = self.config.replace(epochs=self.state.epoch + epochs)
         self.state = train(config, self.state, data=self.data, dist=self._dist, placement=self._placement)
         self._predictor = None

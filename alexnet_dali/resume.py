@@ -19,7 +19,7 @@ from .schedule import batch_plan
 from .state import TrainState, state_from_checkpoint
 
 if TYPE_CHECKING:
-    from .prepare import PreparedData
+    from .dataset import TrainingData
 
 
 def resume_state(config: TrainConfig) -> TrainState | None:
@@ -93,7 +93,7 @@ def apply_resume_changes(optimizer, scheduler, saved: dict, config: TrainConfig,
         scheduler.min_lrs = [config.min_lr] * len(optimizer.param_groups)
 
 
-def check_resume(state: TrainState, config: TrainConfig, data: PreparedData, global_batch: int | None) -> None:
+def check_resume(state: TrainState, config: TrainConfig, data: TrainingData, global_batch: int | None) -> None:
     """A model trains on only with its network and classes; an optimiser state continues only
     with the global batch it was made with (None: not checked)."""
     conflicts = []

@@ -34,7 +34,7 @@ from .metrics import Counts, EpochMetrics, append
 from .model import AlexNetModule
 from .placement import Placement, place
 from .schedule import DivergenceGuard, TrainingDiverged, Warmup, batch_plan, divergence_advice, lr_for_batch
-from .prepare import PreparedData, prepare_data
+from .dataset import TrainingData, load_training_data
 from .resume import apply_resume_changes, check_resume
 from .state import ModelBundle, TrainState
 from .visualize import log_sample_grid
@@ -178,7 +178,7 @@ def start_process(config: TrainConfig) -> tuple[DistInfo, Placement]:
     return dist, placement
 
 
-def new_state(config: TrainConfig, data: PreparedData) -> TrainState:
+def new_state(config: TrainConfig, data: TrainingData) -> TrainState:
     """A freshly initialised network (the paper's init, the same on every rank) for the data."""
     torch.manual_seed(config.seed)
     net = AlexNetModule(len(data.train.classes), config.groups, config.dropout, config.init_bias)
@@ -205,7 +205,7 @@ class Run:
     config: TrainConfig
     dist: DistInfo
     placement: Placement
-    data: PreparedData
+    data: TrainingData
     bundle: ModelBundle
     model: nn.Module  # the bundle's net, wrapped in DDP under torchrun
     optimizer: torch.optim.Optimizer
@@ -264,7 +264,7 @@ def fmt_rgb(values) -> str:
     return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
 
 
-def build_run(config: TrainConfig, state: TrainState, data: PreparedData, dist: DistInfo,
+def build_run(config: TrainConfig, state: TrainState, data: TrainingData, dist: DistInfo,
               placement: Placement) -> Run:
     """The model, optimiser, schedule and loaders of a run, continuing `state`."""
     per_process, global_batch, lr = batch_plan(config, dist.world_size)
@@ -378,7 +378,7 @@ def end_epoch(run: Run, epoch: int, metrics: EpochMetrics) -> None:
 
 # -- The run ---------------------------------------------------------------------------------
 
-def train(config: TrainConfig, state: TrainState | None = None, *, data: PreparedData | None = None,
+def train(config: TrainConfig, state: TrainState | None = None, *, data: TrainingData | None = None,
           dist: DistInfo | None = None, placement: Placement | None = None) -> TrainState:
     """Train until `config.epochs` epochs are done, continuing `state` (None: a new model), and
     return the state reached. `data`, `dist` and `placement` let a caller reuse what it built."""
@@ -386,7 +386,7 @@ def train(config: TrainConfig, state: TrainState | None = None, *, data: Prepare
 
     if dist is None or placement is None:
         dist, placement = start_process(config)
-    data = data or prepare_data(config, dist, placement)
+    data = data or load_training_data(config, dist, placement)
     state = state or new_state(config, data)
     fresh = state.epoch == 0 and state.optimizer is None
     if fresh and dist.is_main and (Path(config.out) / LAST).exists():

@@ -10,12 +10,12 @@ from pathlib import Path
 from alexnet_dali import distributed
 from alexnet_dali.config import TrainConfig
 from alexnet_dali.loader import evaluation_loader, training_loader
-from alexnet_dali.prepare import prepare_data
+from alexnet_dali.dataset import load_training_data
 from alexnet_dali.train import start_process
 
 config = TrainConfig.from_dict(json.loads(Path(sys.argv[1]).read_text()))
 dist, placement = start_process(config)
-data = prepare_data(config, dist, placement)
+data = load_training_data(config, dist, placement)
 
 
 def by_index(split):

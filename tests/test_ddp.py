@@ -15,7 +15,7 @@ from alexnet_dali.distributed import DistInfo
 from alexnet_dali.evaluate import evaluate_split
 from alexnet_dali.loader import training_loader
 from alexnet_dali.model import AlexNetModule
-from alexnet_dali.prepare import prepare_data
+from alexnet_dali.dataset import load_training_data
 from alexnet_dali.schedule import batch_plan
 from conftest import cpu_placement, make_original_layout, tiny_config, torchrun
 
@@ -49,7 +49,7 @@ def ddp_run(tmp_path_factory, uneven):
 
 def global_batches(config: TrainConfig, world: int, epochs: int):
     """The batches each rank's real DALI loader yields, joined rank by rank into global batches."""
-    data = prepare_data(config, cpu_rank(0, 1), cpu_placement())
+    data = load_training_data(config, cpu_rank(0, 1), cpu_placement())
     per_process, _, _ = batch_plan(config, world)
     loaders = [training_loader(data.train, data.pca, cpu_placement(), cpu_rank(r, world), batch_size=per_process,
                                seed=config.seed, lighting=config.lighting, prefetch=config.prefetch)
@@ -91,7 +91,7 @@ def test_ranks_hold_identical_weights_equal_to_one_process_on_the_same_global_ba
 
 def test_each_epoch_covers_every_image_across_ranks(uneven, tmp_path):
     config = config_for(uneven, tmp_path / "run")
-    data = prepare_data(config, cpu_rank(0, 1), cpu_placement())
+    data = load_training_data(config, cpu_rank(0, 1), cpu_placement())
     path_of = dict(enumerate(data.train.files))
     # label each image by its index so the batches tell which images they hold
     from alexnet_dali.data import Split
@@ -127,7 +127,7 @@ def test_pca_split_over_two_processes_equals_one_process(ddp_run):
 
     config, _, _ = ddp_run
     state = torch.load(Path(config.out) / "last.pt", weights_only=True)
-    data = prepare_data(config, cpu_rank(0, 1), cpu_placement())
+    data = load_training_data(config, cpu_rank(0, 1), cpu_placement())
     single = compute_pca(data.train.files, cpu_placement())
     two = PCA.from_dict(state["pca"])
     assert two.images == single.images == 11

@@ -24,7 +24,7 @@ from alexnet_dali.cli import build_parser, config_from_args
 from alexnet_dali.config import TrainConfig
 from alexnet_dali.data import DataError, index_dataset
 from alexnet_dali.distributed import DistInfo
-from alexnet_dali.prepare import index
+from alexnet_dali.dataset import index
 from alexnet_dali.remote import FetchPolicy, cache_folder_name, fetch_dataset, parse_index_page
 from conftest import make_original_layout, run_cli, smooth_image, write_image
 

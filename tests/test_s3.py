@@ -22,7 +22,7 @@ from alexnet_dali.data import index_dataset, index_splits
 from alexnet_dali.distributed import DistInfo
 from alexnet_dali.errors import DataError
 from alexnet_dali.placement import place
-from alexnet_dali.prepare import cache_dirs, prepare_data
+from alexnet_dali.dataset import cache_dirs, load_training_data
 from alexnet_dali.remote import local_copy
 from alexnet_dali.scan import CACHE_NAME, ScanCache, scan_images
 from alexnet_dali.state import load_state
@@ -117,8 +117,8 @@ def cpu():
     return place("cpu", threads=1, hw_decoder_load=0.65)
 
 
-def prepare_on_cpu(config: TrainConfig):
-    return prepare_data(config, DistInfo(), cpu())
+def load_on_cpu(config: TrainConfig):
+    return load_training_data(config, DistInfo(), cpu())
 
 
 def original_config(out: Path, *, data: str | Path, labels, encoding, **changes) -> TrainConfig:
@@ -296,7 +296,7 @@ def test_train_refuses_a_truncated_object_by_its_url_and_caches_beside_the_run(s
     config = TrainConfig(data=f"s3://{BUCKET}/broken", out=str(tmp_path / "run"), batch_size=4, device="cpu",
                          dali_threads=1)
     with pytest.raises(DataError, match=r"s3://data/broken/train/bee/001\.jpg: truncated JPEG"):
-        prepare_on_cpu(config)
+        load_on_cpu(config)
     assert (tmp_path / "run" / "cache" / CACHE_NAME).is_file()  # the verdicts, kept on this machine
 
 
@@ -335,7 +335,7 @@ def test_the_run_directory_may_not_be_in_a_bucket(tmp_path):
     for option, changes in (("--out", {"out": f"s3://{BUCKET}/runs"}), ("--cache-dir", {"cache_dir": f"s3://{BUCKET}/c"})):
         config = TrainConfig(**{"data": URL, "out": str(tmp_path / "run"), **changes})
         with pytest.raises(ConfigError, match=f"{option} s3://data/.* is in a bucket: .*local or shared file system"):
-            prepare_on_cpu(config)
+            load_on_cpu(config)
     assert not Path("s3:").exists()
 
 

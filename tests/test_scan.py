@@ -80,7 +80,7 @@ PEAK_RSS_SCRIPT = textwrap.dedent("""
     from alexnet_dali.data import Split
     from alexnet_dali.distributed import DistInfo
     from alexnet_dali.placement import place
-    from alexnet_dali.prepare import training_pca
+    from alexnet_dali.dataset import training_pca
     from alexnet_dali.scan import scan_images
 
     stage, small, huge = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -90,7 +90,7 @@ PEAK_RSS_SCRIPT = textwrap.dedent("""
     before = peak()
     if stage == "scan":
         assert not scan_images(huge, placement)
-    else:  # the PCA pass of train, as prepare runs it
+    else:  # the PCA pass of train, as load_training_data runs it
         split = Split("train", tuple(huge), (0,) * len(huge), ("a",))
         training_pca(split, TrainConfig(data="unused", pca_images=0), DistInfo(), placement, None)
     print(peak() - before)

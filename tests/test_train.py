@@ -20,9 +20,9 @@ def untrained_val_loss(config: TrainConfig) -> float:
     from alexnet_dali.distributed import DistInfo
     from alexnet_dali.evaluate import evaluate
     from alexnet_dali.loader import evaluation_loader
-    from alexnet_dali.prepare import prepare_data
+    from alexnet_dali.dataset import load_training_data
 
-    data = prepare_data(config, DistInfo(), cpu_placement())
+    data = load_training_data(config, DistInfo(), cpu_placement())
     torch.manual_seed(config.seed)
     net = AlexNetModule(len(data.train.classes))
     loader = evaluation_loader(data.val, data.pca, cpu_placement(), DistInfo(), batch_size=config.batch_size, prefetch=2)
@@ -116,11 +116,11 @@ def test_bf16_precision_computes_in_bf16_and_keeps_fp32_weights(tmp_path, origin
     fp32 = train(tiny_config(original_layout, tmp_path / "fp32", epochs=1))
     dtypes = {"train": set(), "eval": set()}
     config = tiny_config(original_layout, tmp_path / "bf16", epochs=1, precision="bf16")
-    from alexnet_dali.prepare import prepare_data
+    from alexnet_dali.dataset import load_training_data
     from alexnet_dali.distributed import DistInfo
     from alexnet_dali.train import new_state
 
-    state = new_state(config, prepare_data(config, DistInfo(), cpu_placement(threads=1)))
+    state = new_state(config, load_training_data(config, DistInfo(), cpu_placement(threads=1)))
     state.bundle.net.features.conv1.register_forward_hook(
         lambda module, inputs, output: dtypes["train" if module.training else "eval"].add(output.dtype))
     bf16 = train(config, state)

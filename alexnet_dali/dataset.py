@@ -27,7 +27,7 @@ EXCLUDED_FILE = "excluded.json"
 
 
 @dataclass(frozen=True)
-class PreparedData:
+class TrainingData:
     train: Split
     val: Split
     pca: PCA
@@ -103,7 +103,7 @@ def scan_splits(splits: list[Split], dist_info: DistInfo, placement: Placement, 
     return {**known, **{path: reason for path, reason in merged.items() if reason}}
 
 
-def prepare_data(config: TrainConfig, dist_info: DistInfo, placement: Placement) -> PreparedData:
+def load_training_data(config: TrainConfig, dist_info: DistInfo, placement: Placement) -> TrainingData:
     for option, value in (("--out", config.out), ("--cache-dir", config.cache_dir)):
         if is_s3_url(value):  # Path() would quietly make a local folder named "s3:"
             raise ConfigError(f"{option} {value} is in a bucket: checkpoints, logs and caches need a local or shared "
@@ -136,7 +136,7 @@ def prepare_data(config: TrainConfig, dist_info: DistInfo, placement: Placement)
                             f"images is undecodable (listed in {Path(config.out) / EXCLUDED_FILE}); fix or "
                             "replace them, or remove the class")
     pca = training_pca(train, config, dist_info, placement, cache_dir)
-    return PreparedData(train, val, pca, bad)
+    return TrainingData(train, val, pca, bad)
 
 
 def training_pca(train: Split, config: TrainConfig, dist_info: DistInfo, placement: Placement,
