@@ -44,11 +44,12 @@ def unchanged(*paths: Path) -> dict:
 
 # -- 1. fit after load never writes into the run it came from --------------------------------
 
-def test_fit_after_load_refuses_the_run_directory_it_was_loaded_from(relative_run, tmp_path):
+def test_fit_after_load_refuses_the_run_directory_it_was_loaded_from(relative_run, tmp_path, monkeypatch):
     """It used to resume into that run: "resuming RUN at epoch 2", history.json cut, config.json
     rewritten. The CLI refuses the same (train into a run directory with last.pt, no --resume)."""
     from alexnet_dali import AlexNet
 
+    monkeypatch.chdir(relative_run)  # where the run's data is, even where it was recorded as typed
     out = copy_run(relative_run / "run", tmp_path / "run")
     files = [out / name for name in ("last.pt", "best.pt", "history.json", "config.json")]
     before = unchanged(*files)
