@@ -22,12 +22,12 @@ from typing import Sequence
 
 import numpy as np
 
-from .checkpoint import save_checkpoint
+from .checkpoint import LAST, PREVIOUS, CheckpointError, save_checkpoint
 from .config import TrainConfig
 from .log import logger, setup_logging
 from .predict import Predictor
 from .dataset import TrainingData, load_training_data
-from .rundir import RunLock, check_out_dir
+from .rundir import RunLock, check_out_dir, check_outside_data
 from .state import TrainState, load_state
 from .train import new_state, start_process, train
 
@@ -64,6 +64,7 @@ class AlexNet:
             device=device, out=str(out_dir) if out_dir is not None else default_run_dir(), **options,
         )
         check_out_dir(config.out, "out_dir")  # before the scan and the PCA pass, which take minutes on ImageNet
+        check_outside_data(config, "out_dir", "cache_dir")
         self._start(config, verbose)
         self.data: TrainingData | None = load_training_data(config, self._dist, self._placement)
         self.state: TrainState = new_state(config, self.data)
@@ -113,7 +114,7 @@ class AlexNet:
         if epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {epochs}")
         if self._run_lock is None:
-            self._run_lock = RunLock(self.config.out, "out_dir")
+            self._run_lock = self._lock_new_run_dir()
         if self.data is None:
             if not self.config.data:
                 raise RuntimeError("this model has no data set to train on: build AlexNet(data_path, ...) and copy "
@@ -123,6 +124,19 @@ class AlexNet:
         self.state = train(config, self.state, data=self.data, dist=self._dist, placement=self._placement)
         self._predictor = None
         return self.history
+
+    def _lock_new_run_dir(self) -> RunLock:
+        """The first fit writes a run of its own: out_dir must hold no other run's checkpoints
+        (the CLI's `train --resume` is the way to continue a run directory)."""
+        check_outside_data(self.config, "out_dir", "cache_dir")
+        lock = RunLock(self.config.out, "out_dir")
+        held = [name for name in (LAST, PREVIOUS) if (Path(self.config.out) / name).exists()]
+        if held:
+            lock.release()
+            raise CheckpointError(f"out_dir {self.config.out} already holds a training run ({', '.join(held)}); fit "
+                                  "writes a run of its own and would overwrite it: pass another out_dir, or none for "
+                                  "a new one under runs/ (to continue that run, use the command line's train --resume)")
+        return lock
 
     # -- inference -------------------------------------------------------------------------------
     def _predictor_for_use(self) -> Predictor:
@@ -144,7 +158,12 @@ class AlexNet:
 
     # -- persistence -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """One file with everything prediction needs: weights, classes, PCA, config, history."""
+        """One file with everything prediction needs: weights, classes, PCA, config, history.
+        `path` is a file name in a folder that exists."""
+        path = Path(path)
+        if not path.is_dir() and not path.parent.is_dir():
+            raise CheckpointError(f"cannot save to {path}: the folder {path.parent} does not exist; make it first or "
+                                  "pass a path in a folder that exists")
         return save_checkpoint(self.state.model_only().to_dict(), path)
 
     @classmethod

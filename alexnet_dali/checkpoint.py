@@ -7,6 +7,9 @@ file never loses the run. A write that fails (disk full) or is interrupted (a se
 removes its partial file and leaves the old checkpoint as it was.
 Load: `torch.load(weights_only=True)`; whatever else a file is (empty, text, truncated, not ours,
 a pickle that asks to run code) raises CheckpointError naming the file and what it is.
+Digest: every file records the CRC-32 of each tensor's bytes (`tensor_crc32`), and loading checks
+them, so flipped bits in the weights name the file and the tensor instead of loading silently
+(torch.load reads the tensors as raw bytes and would not notice). Files without it load unchecked.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import pickletools
 import re
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -30,6 +34,7 @@ LAST = "last.pt"
 PREVIOUS = "previous.pt"
 BEST = "best.pt"
 HISTORY = "history.json"  # written by the trainer beside the checkpoints
+DIGEST = "tensor_crc32"  # where -> CRC-32 of the tensor's bytes, for every tensor in the file
 
 
 class CheckpointError(RuntimeError):
@@ -42,23 +47,63 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp{os.getpid()}")
 
 
-def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+def save_checkpoint(state: dict, path: str | os.PathLike, *, digest: bool = True) -> Path:
+    """Write `state` to `path` atomically, with the CRC-32 of every tensor (digest=False: without,
+    as files written before the digest; benchmarks/checkpoint.py measures what it costs)."""
     path = Path(path)
+    if path.is_dir():  # checked first: os.replace would fail only after the whole file is written
+        raise CheckpointError(f"cannot write {path}: it is a folder; pass a file name, e.g. {path / 'model.pt'}")
     path.parent.mkdir(parents=True, exist_ok=True)
+    values = {"format": FORMAT, "version": VERSION, **state}
+    if digest:
+        values[DIGEST] = tensor_crc32(state)
     tmp = temporary_name(path)
     try:
         with open(tmp, "wb") as f, without_zip_checksums():
-            torch.save({"format": FORMAT, "version": VERSION, **state}, f)
+            torch.save(values, f)
             f.flush()
             os.fsync(f.fileno())
+        if path.name == LAST and path.exists():
+            link(path, path.with_name(PREVIOUS))
+        os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        raise write_failure(e, path) from None
-    if path.name == LAST and path.exists():
-        link(path, path.with_name(PREVIOUS))
-    os.replace(tmp, path)
+        raise (e if isinstance(e, CheckpointError) else write_failure(e, path)) from None
     fsync_dir(path.parent)
     return path
+
+
+def tensor_crc32(values) -> dict[str, int]:
+    """"model/features.0.weight" -> zlib.crc32 of that tensor's bytes, for every tensor in the
+    nested dicts and lists of `values` (weights, optimiser state, RNG states)."""
+    return {where: zlib.crc32(tensor_bytes(tensor)) for where, tensor in tensors_in(values)}
+
+
+def tensors_in(values, where: str = ""):
+    if isinstance(values, torch.Tensor):
+        yield where, values
+    elif isinstance(values, dict):
+        for key, value in values.items():
+            if key != DIGEST:
+                yield from tensors_in(value, f"{where}/{key}" if where else str(key))
+    elif isinstance(values, (list, tuple)):
+        for i, value in enumerate(values):
+            yield from tensors_in(value, f"{where}/{i}" if where else str(i))
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The tensor's data as bytes, without a copy where it is already contiguous on the CPU."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def damaged_tensors(state: dict, recorded: dict) -> list[str]:
+    """The tensors of a loaded file whose bytes differ from their recorded CRC-32, and those the
+    digest names that are missing (or are not tensors)."""
+    found = dict(tensors_in(state))
+    damaged = [where for where, crc in recorded.items()
+               if where not in found or zlib.crc32(tensor_bytes(found[where])) != crc]
+    return damaged + [f"{where} (not in the digest)" for where in found if where not in recorded]
 
 
 @contextlib.contextmanager
@@ -90,9 +135,16 @@ def write_failure(error: BaseException, path: Path) -> BaseException:
         return cause
     if isinstance(cause, OSError):
         unchanged = f"{path} is unchanged" if path.exists() else f"no {path.name} was written"
-        again = (" (or pass another --out) and run again with --resume" if path.name in (LAST, PREVIOUS, BEST)
-                 else f" and run again with --resume ({LAST} holds the epoch)" if path.name == HISTORY
-                 else " and try again")
+        resumable = (path.parent / LAST).exists() or (path.parent / PREVIOUS).exists()
+        if path.name in (LAST, PREVIOUS, BEST, HISTORY) and not resumable:  # the run's first checkpoint
+            again = (" (or pass another --out) and run the same command again, without --resume: the run holds no "
+                     "checkpoint yet, so it starts from the beginning")
+        elif path.name in (LAST, PREVIOUS, BEST):
+            again = " (or pass another --out) and run again with --resume"
+        elif path.name == HISTORY:
+            again = f" and run again with --resume ({LAST} holds the epoch)"
+        else:
+            again = " and try again"
         return CheckpointError(f"cannot write {path}: {cause.strerror or cause} (errno {cause.errno}); the partial "
                                f"file was removed and {unchanged}. Free space on that disk{again}")
     return error
@@ -159,6 +211,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path} is not an alexnet-dali checkpoint (found {what})")
     if state.get("version", 0) > VERSION:
         raise CheckpointError(f"{path} was written by a newer alexnet-dali (format {state['version']} > {VERSION})")
+    recorded = state.pop(DIGEST, None)  # None: written before the digest
+    if recorded is not None:
+        damaged = damaged_tensors(state, recorded)
+        if damaged:
+            more = f", ... ({len(damaged)} in all)" if len(damaged) > 4 else ""
+            raise CheckpointError(f"{path} is damaged: the bytes of tensor {', '.join(damaged[:4])}{more} differ from "
+                                  "the CRC-32 recorded when it was saved; use another checkpoint (previous.pt, best.pt)")
     return state
 
 

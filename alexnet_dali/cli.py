@@ -173,13 +173,14 @@ def run_train(args) -> int:
 
     from . import distributed
     from .checkpoint import LAST
-    from .log import setup_logging
-    from .rundir import hold_run_dir
+    from .log import logger, setup_logging
+    from .rundir import check_outside_data, hold_run_dir
     from .scan import ScanInterrupted
-    from .resume import resume_state, resumed_config
+    from .resume import nothing_left, resume_state, resumed_config
     from .train import start_process, train
 
     config = config_from_args(args)
+    check_outside_data(config)
     dist, placement = start_process(config)
     setup_logging(dist.rank)
     try:
@@ -187,6 +188,9 @@ def run_train(args) -> int:
             state = resume_state(config)
             if state is not None:
                 config = resumed_config(state, config, given_options(args), dist.world_size)
+                if state.epoch >= config.epochs:  # said before the scan and the PCA pass
+                    logger.info(nothing_left(state, config))
+                    return 0
             train(config, state, dist=dist, placement=placement)
     except ScanInterrupted:
         raise  # Ctrl-C during the scan: main() says what was checked and cached

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -93,6 +94,10 @@ class TrainConfig:
     def __post_init__(self):
         check_types(self)
         check_finite(self)
+        # Recorded in config.json and checkpoints: a relative path would name another folder (or
+        # none) when the run is resumed or loaded from another working directory.
+        for name in ("data", "labels", "label_encoding"):
+            object.__setattr__(self, name, absolute_location(getattr(self, name)))
         if self.device not in DEVICE_CHOICES:
             raise ConfigError(f"device must be {', '.join(DEVICE_CHOICES)}, got {self.device!r}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "prefetch": self.prefetch,
@@ -143,6 +148,13 @@ class TrainConfig:
 
     def replace(self, **changes) -> TrainConfig:
         return self.from_dict({**self.to_dict(), **changes})
+
+
+def absolute_location(location: str | None) -> str | None:
+    """A local path made absolute (symbolic links kept as given); a URL, s3:// or nothing as is."""
+    if not location or "://" in location:
+        return location
+    return os.path.abspath(location)
 
 
 def check_types(config) -> None:

@@ -81,6 +81,12 @@ def resumed_config(state: TrainState, config: TrainConfig, given: set[str], worl
     return resumed
 
 
+def nothing_left(state: TrainState, config: TrainConfig) -> str:
+    """What --resume says when the run has already done the epochs asked for."""
+    return (f"{config.out} has finished {state.epoch} epoch(s), and --epochs is {config.epochs}: nothing left to do. "
+            f"To train on, pass the total you want, e.g. --resume --epochs {state.epoch + 1} for one more epoch")
+
+
 def apply_resume_changes(optimizer, scheduler, saved: dict, config: TrainConfig, lr: float) -> None:
     """A resumed optimiser and schedule carry their own settings: apply those the config changed."""
     for name, value in (("lr", lr), ("momentum", config.momentum), ("weight_decay", config.weight_decay)):

@@ -2,6 +2,7 @@
 cleared of the partial files an interrupted run left.
 
     check_out_dir(out)     ConfigError unless OUT is, or can become, a folder this process writes in
+    check_outside_data(c)  ConfigError where OUT (or --cache-dir) lies in a split of a local DATA
     RunLock(out)           an exclusive flock on OUT/.lock (the file names its holder's pid and host)
     hold_run_dir(out, d)   the CLI's: the main process takes the lock, every rank gets its verdict
 
@@ -46,6 +47,31 @@ def check_out_dir(out: str | os.PathLike, option: str = "--out") -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         where = "is read-only" if existing == path else f"cannot be made: {existing} is read-only"
         raise ConfigError(f"{option} {out} {where} for this user; pass a folder you can write in")
+
+
+def check_outside_data(config, out_option: str = "--out", cache_option: str = "--cache-dir") -> None:
+    """Raise ConfigError (naming the option) where the run directory or the cache folder lies in a
+    split of a local DATA: the run's files (last.pt, config.json, tensorboard/) would become
+    files and classes of that split. Creates nothing."""
+    from .imagenet import IMAGENET_TREE
+    from .remote import is_url
+    from .s3 import is_s3_url
+
+    if not config.data or is_url(config.data) or is_s3_url(config.data):
+        return
+    splits = {}
+    for root in ("", IMAGENET_TREE):
+        for split in ("train", config.val_split):
+            splits[split] = splits.get(split, []) + [os.path.realpath(os.path.join(config.data, root, split))]
+    for option, location in ((out_option, config.out), (cache_option, config.cache_dir)):
+        if not location:
+            continue
+        where = os.path.realpath(location)
+        for split, folders in splits.items():
+            if any(where == folder or where.startswith(folder + os.sep) for folder in folders):
+                raise ConfigError(f"{option} {location} is inside the {split!r} split of DATA {config.data}: what a run "
+                                  f"writes there would be read as images and classes of {split!r}; pass a folder "
+                                  "outside DATA's splits")
 
 
 class RunLock:
