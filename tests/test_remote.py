@@ -25,7 +25,8 @@ from alexnet_dali.config import TrainConfig
 from alexnet_dali.data import DataError, index_dataset
 from alexnet_dali.distributed import DistInfo
 from alexnet_dali.dataset import index
-from alexnet_dali.remote import FetchPolicy, cache_folder_name, fetch_dataset, parse_index_page
+from alexnet_dali.remote import FetchPolicy, fetch_dataset, parse_index_page
+from alexnet_dali.sources import cache_folder_name
 from conftest import make_original_layout, run_cli, smooth_image, write_image
 
 FAST = FetchPolicy(workers=4, attempts=3, timeout_s=5.0, first_wait_s=0.05)
