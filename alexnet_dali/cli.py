@@ -278,19 +278,18 @@ def run_check(args) -> int:
     from .check import TRAINING_SPLITS, check_dataset
     from .log import setup_logging
     from .placement import cpu_count
-    from .sources import open_source
+    from .sources import lists_its_root, origin
 
     setup_logging(0, "stderr")
     placement = placement_from_args(args, threads=args.threads or 0)
     if not args.threads and not placement.on_gpu:  # nothing else runs beside the check: every core
         placement = dataclasses.replace(placement, threads=cpu_count())
-    source = open_source(args.data)
     # A URL has no folder listing to find its splits in: the ones asked for, or training's.
-    splits = args.split or (None if source.lists_its_root else list(TRAINING_SPLITS))
+    splits = args.split or (None if lists_its_root(args.data) else list(TRAINING_SPLITS))
     root, labels, encoding = local_data(args, splits)
-    report = check_dataset(root if root != args.data else source, labels, encoding, placement, splits=splits)
+    report = check_dataset(root, labels, encoding, placement, splits=splits)
     for problem in report["problems"]:  # name the files by their URLs, not by their places in the cache
-        problem["path"] = source.origin(root, problem["path"])
+        problem["path"] = origin(args.data, root, problem["path"])
     if args.json:
         print(json.dumps(report, indent=2))
     else:

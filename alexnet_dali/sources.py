@@ -169,8 +169,9 @@ class Source:
         unless the data must be brought here first (HttpSite)."""
         return self.root, labels, label_encoding
 
-    def origin(self, local_root: str, path: str) -> str:
-        """The name a person knows for a file of the local copy at local_root (local_copy)."""
+    @classmethod
+    def origin(cls, data: str, local_root: str, path: str) -> str:
+        """The name a person knows for a file of data's local copy at local_root (local_copy)."""
         return path
 
     @classmethod
@@ -394,14 +395,15 @@ class HttpSite(Source):
         return remote.fetch_dataset(self.root, labels, label_encoding, cache_dir=cache_dir, splits=tuple(splits),
                                     refresh=refresh)
 
-    def origin(self, local_root: str, path: str) -> str:
+    @classmethod
+    def origin(cls, data: str, local_root: str, path: str) -> str:
         """The URL a file of the mirror came from."""
         for base in (Path(local_root), Path(local_root).resolve()):
             try:
                 relative = Path(path).relative_to(base)
             except ValueError:
                 continue
-            return self.url + urllib.parse.quote(relative.as_posix())
+            return cls(data).url + urllib.parse.quote(relative.as_posix())
         return path
 
 
@@ -454,6 +456,16 @@ def local_copy(data, labels: str | None, label_encoding: str | None, *, cache_di
                splits, refresh: bool = False) -> tuple[str, str | None, str | None]:
     """(data root, labels JSON, encoding JSON) that the indexer and DALI read (Source.local_copy)."""
     return open_source(data).local_copy(labels, label_encoding, cache_dir=cache_dir, splits=splits, refresh=refresh)
+
+
+def lists_its_root(data) -> bool:
+    """Whether the splits of data can be found by listing its root (not on a web server)."""
+    return kind_of(data).lists_its_root
+
+
+def origin(data, local_root: str, path: str) -> str:
+    """The name a person knows for a file of data's local copy at local_root: a site's URL."""
+    return kind_of(data).origin(data, local_root, path)
 
 
 def not_on_file_system(location) -> str | None:

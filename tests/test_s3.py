@@ -202,6 +202,18 @@ def test_folders_are_built_from_one_paginated_listing(store, monkeypatch):
     assert tree.name("val/bee/001.jpg") == tree.location("val/bee/001.jpg") == f"s3://{BUCKET}/folders/val/bee/001.jpg"
 
 
+def test_a_bucket_lists_and_reads_its_images_like_its_local_copy(store):
+    """The seam (sources.S3Bucket): the same image files, the same bytes, the listing's ETag and
+    size as each file's identity."""
+    bucket, local = S3Bucket(f"s3://{BUCKET}/folders"), LocalFolder(store["folders"])
+    listed = dict(bucket.image_files())
+    assert sorted(listed) == sorted(local.image_paths()) and len(listed) > 4
+    for rel, identity in listed.items():
+        head = store["client"].head_object(Bucket=BUCKET, Key=f"folders/{rel}")
+        assert identity == f"{head['ETag']}\0{head['ContentLength']}"
+        assert bucket.read_file(rel) == local.read_file(rel)
+
+
 def test_a_prefix_takes_only_its_own_folder(store):
     """s3://data/folder must not take in s3://data/folders/...: the prefix is a folder."""
     with pytest.raises(DataError, match=r"s3://data/folder holds no objects:.*prefixes in s3://data/: "
