@@ -14,8 +14,13 @@ Each kind answers the same questions:
 - what DALI's reader opens for a file: `location` (an absolute path or the s3:// URL);
 - how a person knows a path: `name`, `display`.
 
-`open_source(location)` picks the class. This module is the only one that asks what kind a
-location is: a new kind of source is one more class here (and its network code beside it).
+`open_source(location)` picks the class and opens the source (a bucket is listed then, once).
+What needs no listing is asked of the class, through the module's functions (`read_location`,
+`identity_at`, `cache_folder`, `local_copy`, ...): Split.files holds what DALI opens, and a
+file's bytes or identity must not cost a listing of its bucket.
+
+This module is the only one that asks what kind a location is: a new kind of source is one
+more class here (and its network code beside it).
 The network code itself (HTTP with retries, boto3 listing) stays in remote.py and s3.py.
 """
 
@@ -163,11 +168,12 @@ class Source:
 
     # -- making it readable here ----------------------------------------------------------------
 
-    def local_copy(self, labels: str | None, label_encoding: str | None, *, cache_dir: str | os.PathLike | None,
-                   splits, refresh: bool = False) -> tuple[str, str | None, str | None]:
+    @classmethod
+    def local_copy(cls, data: str, labels: str | None, label_encoding: str | None, *,
+                   cache_dir: str | os.PathLike | None, splits, refresh: bool = False) -> tuple[str, str | None, str | None]:
         """(data root, labels JSON, encoding JSON) that the indexer and DALI read: as given,
         unless the data must be brought here first (HttpSite)."""
-        return self.root, labels, label_encoding
+        return data, labels, label_encoding
 
     @classmethod
     def origin(cls, data: str, local_root: str, path: str) -> str:
@@ -387,12 +393,13 @@ class HttpSite(Source):
     def is_file(self, rel: str) -> bool:
         return posixpath.basename(rel) in self._parent_entries(rel)[0]
 
-    def local_copy(self, labels, label_encoding, *, cache_dir, splits, refresh=False):
+    @classmethod
+    def local_copy(cls, data, labels, label_encoding, *, cache_dir, splits, refresh=False):
         """The named splits brought into the mirror (remote.fetch_dataset: `refresh` revalidates
         the cached images), and the label JSONs with them where they are URLs."""
         from . import remote
 
-        return remote.fetch_dataset(self.root, labels, label_encoding, cache_dir=cache_dir, splits=tuple(splits),
+        return remote.fetch_dataset(data, labels, label_encoding, cache_dir=cache_dir, splits=tuple(splits),
                                     refresh=refresh)
 
     @classmethod
@@ -455,7 +462,7 @@ def cache_folder(data: str | os.PathLike, cache_dir: str | os.PathLike | None = 
 def local_copy(data, labels: str | None, label_encoding: str | None, *, cache_dir: str | os.PathLike | None,
                splits, refresh: bool = False) -> tuple[str, str | None, str | None]:
     """(data root, labels JSON, encoding JSON) that the indexer and DALI read (Source.local_copy)."""
-    return open_source(data).local_copy(labels, label_encoding, cache_dir=cache_dir, splits=splits, refresh=refresh)
+    return kind_of(data).local_copy(data, labels, label_encoding, cache_dir=cache_dir, splits=splits, refresh=refresh)
 
 
 def lists_its_root(data) -> bool:
