@@ -72,14 +72,6 @@ def index(config: TrainConfig, dist_info: DistInfo) -> tuple[dict[str, Split], s
     return indexed, root, {p.path: p.reason for p in passed}
 
 
-def scan_splits(splits: list[Split], dist_info: DistInfo, placement: Placement, cache_dir: Path | None) -> dict[str, str]:
-    """path -> reason for every image that cannot be decoded (scan.scan_images, shared by the ranks)."""
-    files = sorted({f for s in splits for f in s.files})
-    problems = scan_images(files, placement, cache_path=cache_dir / CACHE_NAME if cache_dir else None,
-                           dist_info=dist_info, announce=True)
-    return {p.path: p.reason for p in problems}
-
-
 def load_training_data(config: TrainConfig, dist_info: DistInfo, placement: Placement) -> TrainingData:
     for option, value in (("--out", config.out), ("--cache-dir", config.cache_dir)):
         where = not_on_file_system(value)
@@ -89,7 +81,10 @@ def load_training_data(config: TrainConfig, dist_info: DistInfo, placement: Plac
     splits, root, not_images = index(config, dist_info)
     train, val = splits["train"], splits[config.val_split]
     cache_dir = distributed.broadcast_object(writable_cache(cache_dirs(config, root)) if dist_info.is_main else None)
-    undecodable = scan_splits([train, val], dist_info, placement, cache_dir)
+    # the ranks share the decoding of what rank 0's cache does not know
+    scanned = scan_images(sorted({*train.files, *val.files}), placement, dist_info=dist_info, announce=True,
+                          cache_path=cache_dir / CACHE_NAME if cache_dir else None)
+    undecodable = {problem.path: problem.reason for problem in scanned}
     if undecodable and not config.skip_bad:
         raise DataError([Problem(path, reason) for path, reason in sorted(undecodable.items())],
                         f"{len(undecodable)} image(s) cannot be decoded and would stop training mid-epoch; fix or "
