@@ -3,10 +3,10 @@ is listed (path and reason) rather than the first one raised."""
 
 from __future__ import annotations
 
-from .data import check_root, images_root, index_splits, is_image_name, open_tree
+from .data import check_root, images_root, index_splits
 from .errors import DataError, Problem
-from .scan import CACHE_NAME, data_cache_dir, scan_images
-from .tree import LocalTree, join
+from .scan import CACHE_NAME, scan_images
+from .sources import join, open_source
 
 TRAINING_SPLITS = ("train", "val")
 
@@ -17,12 +17,7 @@ def present_splits(tree, root: str) -> list[str]:
 
 def image_files(tree, folder: str) -> list[str]:
     """Every image file under a split folder (class folders included), hidden entries skipped."""
-    names, folders = tree.entries(folder)
-    found = [tree.location(join(folder, n)) for n in names if not n.startswith(".") and is_image_name(n)]
-    for sub in folders:
-        if not sub.startswith("."):
-            found += image_files(tree, join(folder, sub))
-    return sorted(found)
+    return sorted(tree.location(rel) for rel in tree.image_paths(folder))
 
 
 def check_dataset(data, labels, label_encoding, placement, *, splits: list[str] | None = None,
@@ -30,7 +25,7 @@ def check_dataset(data, labels, label_encoding, placement, *, splits: list[str] 
     """{"ok": bool, "images": {split: count}, "classes": [class labels], "problems": [{"path", "reason"}]}
     A local data set's decode results are cached where train looks first (DATA/.alexnet-dali),
     so a train after a check decodes nothing again."""
-    tree = open_tree(data)
+    tree = open_source(data)
     check_root(tree)
     # Without a label JSON the splits may be ImageNet's, kept under ILSVRC/Data/CLS-LOC.
     root = images_root(tree) if labels is None else ""
@@ -48,7 +43,8 @@ def check_dataset(data, labels, label_encoding, placement, *, splits: list[str] 
     indexed, found = index_splits(tree, labels, label_encoding, splits=tuple(names))
     problems += found
     images: dict[str, int] = {}
-    cache_path = data_cache_dir(tree.root) / CACHE_NAME if cache and isinstance(tree, LocalTree) else None
+    shared = tree.cache_folder() if cache else None  # never in a bucket
+    cache_path = shared / CACHE_NAME if shared else None
     for name in names:
         # decode every image file of the split, labelled or not: a label problem hides no decode problem
         files = image_files(tree, join(root, name))

@@ -162,7 +162,7 @@ def placement_from_args(args, threads: int | None = None):
 
 def local_data(args, splits) -> tuple[str, str | None, str | None]:
     """DATA, --labels and --label-encoding on this machine (a URL's splits downloaded)."""
-    from .remote import local_copy
+    from .sources import local_copy
 
     return local_copy(args.data, args.labels, args.label_encoding, cache_dir=args.cache_dir, splits=splits,
                       refresh=args.refresh)
@@ -270,31 +270,30 @@ def run_evaluate(args) -> int:
 
 
 def scan_split(split, root: str, placement) -> list:
-    """The split's undecodable images, with the scan cache train and check use for local data."""
-    from .s3 import is_s3_url
-    from .scan import CACHE_NAME, data_cache_dir, scan_images
+    """The split's undecodable images, with the scan cache train and check use."""
+    from .scan import CACHE_NAME, scan_images
+    from .sources import cache_folder
 
-    cache = None if is_s3_url(root) else data_cache_dir(root) / CACHE_NAME  # never in a bucket
-    return scan_images(list(split.files), placement, cache_path=cache)
+    shared = cache_folder(root)  # never in a bucket
+    return scan_images(list(split.files), placement, cache_path=shared / CACHE_NAME if shared else None)
 
 
 def run_check(args) -> int:
     from .check import TRAINING_SPLITS, check_dataset
     from .log import setup_logging
     from .placement import cpu_count
-    from .remote import is_url, url_in
+    from .sources import lists_its_root, origin
 
     setup_logging(0, "stderr")
     placement = placement_from_args(args, threads=args.threads or 0)
     if not args.threads and not placement.on_gpu:  # nothing else runs beside the check: every core
         placement = dataclasses.replace(placement, threads=cpu_count())
     # A URL has no folder listing to find its splits in: the ones asked for, or training's.
-    splits = args.split or (list(TRAINING_SPLITS) if is_url(args.data) else None)
+    splits = args.split or (None if lists_its_root(args.data) else list(TRAINING_SPLITS))
     root, labels, encoding = local_data(args, splits)
     report = check_dataset(root, labels, encoding, placement, splits=splits)
-    if root != args.data:  # name the files by their URLs, not by their places in the cache
-        for problem in report["problems"]:
-            problem["path"] = url_in(args.data, root, problem["path"])
+    for problem in report["problems"]:  # name the files by their URLs, not by their places in the cache
+        problem["path"] = origin(args.data, root, problem["path"])
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -13,8 +13,8 @@ Layouts (see README):
    one flat folder whose ground truth is LOC_val_solution.csv (in DATA or in the folder). The
    download's own tree, DATA/ILSVRC/Data/CLS-LOC/{train,val}, is read where it lies.
 
-The data set is read through a tree (tree.py), so the same code indexes a local folder or a
-bucket. Every problem found is collected: `index_splits` returns them beside the splits (check
+The data set is read through a source (sources.py), so the same code indexes a local folder or
+a bucket. Every problem found is collected: `index_splits` returns them beside the splits (check
 reports them), `index_dataset` raises them together in one DataError (training refuses them).
 """
 
@@ -29,8 +29,7 @@ from .imagenet import IMAGENET_TREE, SYNSET_MAPPING, parse_solution_csv, parse_s
 from .labels import (classes_from_encoding, encoding_from_labels, image_id, parse_label_encoding,
                      parse_labels)
 from .log import logger
-from .s3 import is_s3_url
-from .tree import LocalTree, join
+from .sources import join, open_source, read_label_text
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pnm", ".ppm", ".pgm"}
@@ -69,37 +68,6 @@ def is_image_name(name: str) -> bool:
 def is_metadata_name(name: str) -> bool:
     """Files a layout keeps beside its images: a files.txt manifest, ImageNet's LOC_* files."""
     return name == MANIFEST or re.fullmatch(r"LOC_\w+\.(csv|txt)", name) is not None
-
-
-def open_tree(data):
-    """The tree a data location names: a bucket's prefix (s3://, listed once) or a local folder."""
-    if hasattr(data, "entries"):
-        return data
-    if is_s3_url(data):
-        from .s3 import S3Tree
-
-        return S3Tree(data)
-    return LocalTree(data)
-
-
-def read_text(location, what: str) -> tuple[str, str]:
-    """(text, the name to show) of a label file, on this machine or in a bucket."""
-    if is_s3_url(location):
-        from .s3 import read_text as read_object_text
-
-        return read_object_text(location, what), location
-    path = os.fspath(location)
-    return _read_local(path, what), path
-
-
-def _read_local(path: str, what: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise DataError(f"{what} file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{what} file {path} cannot be read: {e}") from None
 
 
 # -- Listing ---------------------------------------------------------------------------------
@@ -291,13 +259,13 @@ def index_splits(data, labels_path=None, encoding_path=None,
     """The named splits of a data set, and every problem found in them. A split with problems
     holds its good files; a split that is missing or empty is left out. What no split can get
     past (no data folder, an unreadable label file) raises DataError at once."""
-    tree = open_tree(data)
+    tree = open_source(data)
     check_root(tree)
-    encoding = parse_label_encoding(*read_text(encoding_path, "label encoding")) if encoding_path else None
+    encoding = parse_label_encoding(*read_label_text(encoding_path, "label encoding")) if encoding_path else None
     result: dict[str, Split] = {}
     problems: list[Problem] = []
     if labels_path is not None:
-        labels = parse_labels(*read_text(labels_path, "labels"))
+        labels = parse_labels(*read_label_text(labels_path, "labels"))
         encoding = encoding or encoding_from_labels(labels)
         for split in splits:
             if not tree.is_dir(split):

@@ -19,9 +19,8 @@ from .jsonio import write_json
 from .log import logger
 from .pca import PCA, compute_pca, load_pca, pca_cache_name, sample_files, save_pca
 from .placement import Placement
-from .s3 import is_s3_url
-from .scan import (CACHE_NAME, ScanCache, ScanInterrupted, data_cache_dir, decode_check, pixel_bounded_batch,
-                   save_scanned)
+from .scan import CACHE_NAME, pixel_bounded_batch, scan_images
+from .sources import cache_folder, local_copy, not_on_file_system
 
 EXCLUDED_FILE = "excluded.json"
 
@@ -35,15 +34,11 @@ class TrainingData:
 
 
 def cache_dirs(config: TrainConfig, data_root: str) -> list[Path]:
-    """Caches (PCA, scan results) live next to the data so runs share them, or in the run
-    directory where the data folder is read-only. Never in a bucket: s3:// data keeps them in
-    --cache-dir (one folder per data set) or the run directory."""
-    if is_s3_url(data_root):
-        from .remote import cache_folder_name
-
-        shared = [Path(config.cache_dir).expanduser() / cache_folder_name(data_root)] if config.cache_dir else []
-        return shared + [Path(config.out) / "cache"]
-    return [data_cache_dir(data_root), Path(config.out) / "cache"]
+    """Caches (PCA, scan results) live where runs on the data share them (sources.cache_folder:
+    beside local data, in --cache-dir for a bucket), or in the run directory where that folder
+    is read-only or there is none."""
+    shared = cache_folder(data_root, config.cache_dir)
+    return ([shared] if shared else []) + [Path(config.out) / "cache"]
 
 
 def writable_cache(dirs: list[Path]) -> Path | None:
@@ -63,8 +58,6 @@ def index(config: TrainConfig, dist_info: DistInfo) -> tuple[dict[str, Split], s
     """The train and validation splits, the local data root, and the files beside the images
     that --skip-bad leaves out (path -> reason). Every node fetches a URL data set into its own
     cache; the main process alone lists the data and shares the index."""
-    from .remote import local_copy
-
     splits = ("train", config.val_split)
     root, labels, encoding = local_copy(config.data, config.labels, config.label_encoding, cache_dir=config.cache_dir,
                                         splits=splits, refresh=config.refresh)
@@ -79,39 +72,19 @@ def index(config: TrainConfig, dist_info: DistInfo) -> tuple[dict[str, Split], s
     return indexed, root, {p.path: p.reason for p in passed}
 
 
-def scan_splits(splits: list[Split], dist_info: DistInfo, placement: Placement, cache_dir: Path | None) -> dict[str, str]:
-    """path -> reason for every image that cannot be decoded. Rank 0 holds the cache; the ranks
-    share the decoding of what it does not know."""
-    files = sorted({f for s in splits for f in s.files})
-    cache = ScanCache(cache_dir / CACHE_NAME if cache_dir else None) if dist_info.is_main else None
-    known, todo = cache.split(files) if cache else ({}, [])
-    known, todo = distributed.broadcast_object((known, todo))
-    if todo and dist_info.is_main:
-        logger.info(f"checking that {len(todo)} images decode ({len(files) - len(todo)} known from the cache)")
-    mine = todo[dist_info.rank::dist_info.world_size]
-    try:
-        results = decode_check(mine, placement) if mine else {}
-    except ScanInterrupted as stop:  # Ctrl-C: keep what this process checked (rank 0 holds the cache)
-        if cache is not None:
-            save_scanned(cache, stop.results, len(todo))
-        raise ScanInterrupted(stop.results, len(todo)) from None
-    merged: dict[str, str | None] = {}
-    for part in distributed.gather_objects(results):
-        merged.update(part)
-    if cache is not None and merged:
-        save_scanned(cache, merged, len(todo))
-    return {**known, **{path: reason for path, reason in merged.items() if reason}}
-
-
 def load_training_data(config: TrainConfig, dist_info: DistInfo, placement: Placement) -> TrainingData:
     for option, value in (("--out", config.out), ("--cache-dir", config.cache_dir)):
-        if is_s3_url(value):  # Path() would quietly make a local folder named "s3:"
-            raise ConfigError(f"{option} {value} is in a bucket: checkpoints, logs and caches need a local or shared "
-                              "file system path (the data may stay in the bucket)")
+        where = not_on_file_system(value)
+        if where:  # Path() would quietly make a local folder named "s3:"
+            raise ConfigError(f"{option} {value} is {where}: checkpoints, logs and caches need a local or shared "
+                              "file system path (the data may stay where it is)")
     splits, root, not_images = index(config, dist_info)
     train, val = splits["train"], splits[config.val_split]
     cache_dir = distributed.broadcast_object(writable_cache(cache_dirs(config, root)) if dist_info.is_main else None)
-    undecodable = scan_splits([train, val], dist_info, placement, cache_dir)
+    # the ranks share the decoding of what rank 0's cache does not know
+    scanned = scan_images(sorted({*train.files, *val.files}), placement, dist_info=dist_info, announce=True,
+                          cache_path=cache_dir / CACHE_NAME if cache_dir else None)
+    undecodable = {problem.path: problem.reason for problem in scanned}
     if undecodable and not config.skip_bad:
         raise DataError([Problem(path, reason) for path, reason in sorted(undecodable.items())],
                         f"{len(undecodable)} image(s) cannot be decoded and would stop training mid-epoch; fix or "

@@ -18,33 +18,19 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .data import is_image_name
 from .errors import DataError, Problem
 from .evaluate import TEN_VIEWS, compiled_for_batches, mean_log_softmax
 from .loader import GpuHandOff, nchw_view
 from .placement import Placement
-from .s3 import is_s3_url
 from .scan import diagnose_bytes, quiet_native_log, read_bytes
+from .sources import predicted_files
 from .state import ModelBundle, load_state
 
 
 def expand_paths(items: Sequence[str | Path]) -> list[str]:
     """Files (or s3:// objects) as given; a directory expands to its image files (sorted, not
     recursive)."""
-    paths = []
-    for item in items:
-        if is_s3_url(str(item)):
-            paths.append(str(item))
-            continue
-        item = Path(item)
-        if item.is_dir():
-            found = sorted(str(p) for p in item.iterdir() if p.is_file() and is_image_name(p.name))
-            if not found:
-                raise DataError(f"{item} holds no image files")
-            paths += found
-        else:
-            paths.append(str(item))
-    return paths
+    return [path for item in items for path in predicted_files(item)]
 
 
 class Predictor:

@@ -46,6 +46,7 @@ from .jsonio import load_json, write_json
 from .labels import image_id
 from .log import logger
 from .scan import image_format
+from .sources import HttpSite
 
 CHUNK_BYTES = 1 << 20
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})  # worth another try; other 4xx are final
@@ -59,22 +60,6 @@ class FetchPolicy:
     attempts: int = 4  # tries per file (the first and three retries)
     timeout_s: float = 30.0  # seconds without a byte (connect or read) before a try is abandoned
     first_wait_s: float = 0.5  # wait before the first retry; doubled before each further one
-
-
-def is_url(location: str | os.PathLike | None) -> bool:
-    return isinstance(location, str) and location.startswith(("http://", "https://"))
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "alexnet-dali"
-
-
-def cache_folder_name(url: str) -> str:
-    """host + path made safe as one folder name, and a hash so different URLs never share it."""
-    parts = urllib.parse.urlsplit(url)
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{parts.netloc}{parts.path}").strip("._")[:100]
-    return f"{readable or 'data'}-{hashlib.sha1(url.encode()).hexdigest()[:8]}"
 
 
 # -- HTTP with retries -----------------------------------------------------------------------
@@ -112,10 +97,10 @@ class Validators:
         return conditions
 
 
-def open_url(url: str, timeout_s: float, headers: dict[str, str] | None = None):
-    """One GET. Raises HTTPError for a final answer (404, 403, ... and 304 to a conditional GET),
-    FetchError for one worth retrying."""
-    request = urllib.request.Request(url, headers={"User-Agent": "alexnet-dali", **(headers or {})})
+def open_url(url: str, timeout_s: float, headers: dict[str, str] | None = None, method: str = "GET"):
+    """One GET (or HEAD). Raises HTTPError for a final answer (404, 403, ... and 304 to a
+    conditional GET), FetchError for one worth retrying."""
+    request = urllib.request.Request(url, headers={"User-Agent": "alexnet-dali", **(headers or {})}, method=method)
     try:
         response = urllib.request.urlopen(request, timeout=timeout_s)
     except urllib.error.HTTPError as e:
@@ -154,6 +139,33 @@ def read_url(url: str, policy: FetchPolicy) -> tuple[bytes, str]:
             return body, response.headers.get("Content-Type", "")
 
     return with_retries(once, policy)
+
+
+def read_file(url: str, policy: FetchPolicy = FetchPolicy()) -> bytes:
+    """One file's bytes (sources.HttpSite). FileNotFoundError for a 404 or 410, OSError for any
+    other failure."""
+    try:
+        return read_url(url, policy)[0]
+    except urllib.error.HTTPError as e:
+        if e.code in (404, 410):
+            raise FileNotFoundError(f"no such file: {url} (HTTP {e.code})") from None
+        raise OSError(f"HTTP {e.code} {e.reason}: {url}") from None
+    except FetchError as e:
+        raise OSError(f"{e}: {url}") from None
+
+
+def identity(url: str, policy: FetchPolicy = FetchPolicy()) -> str | None:
+    """What identifies a file's current content on the server: "ETag\0Last-Modified\0length",
+    from a HEAD; None where it cannot be had."""
+    def once():
+        with open_url(url, policy.timeout_s, method="HEAD") as response:
+            headers = response.headers
+            return f"{headers.get('ETag', '')}\0{headers.get('Last-Modified', '')}\0{headers.get('Content-Length', '')}"
+
+    try:
+        return with_retries(once, policy)
+    except (urllib.error.HTTPError, FetchError):
+        return None
 
 
 # -- Is what arrived the whole file? -----------------------------------------------------------
@@ -414,19 +426,16 @@ def parse_manifest(text: str) -> list[str]:
     return list(dict.fromkeys(n for n in names if n and not n.startswith("#")))
 
 
-def list_split(folder_url: str, policy: FetchPolicy) -> list[str]:
-    """The image file names of one split folder: from its index page, else from its files.txt."""
+def list_folder(folder_url: str, policy: FetchPolicy) -> tuple[list[str], list[str]]:
+    """(file names, sub-folder names) of one folder: from its index page, else (files only) from
+    its files.txt."""
     page_error = None
     try:
         body, content_type = read_url(folder_url, policy)
         if "html" in content_type or body.lstrip()[:1] == b"<":
             files, folders = parse_index_page(body.decode("utf-8", "replace"), folder_url)
-            if folders:
-                raise DataError([Problem(folder_url + f + "/", "nested folder in a split of the original layout "
-                                         f"(images must lie directly in {folder_url})") for f in folders],
-                                f"problems in {folder_url}")
-            if files:
-                return files
+            if files or folders:
+                return files, folders
             page_error = "its index page lists no files"
         else:
             page_error = f"it answers with {content_type or 'an unknown type'}, not an index page"
@@ -449,7 +458,17 @@ def list_split(folder_url: str, policy: FetchPolicy) -> list[str]:
         raise DataError(bad, f"bad entries in {manifest_url}")
     if not names:
         raise DataError(f"{manifest_url} lists no files")
-    return names
+    return names, []
+
+
+def list_split(folder_url: str, policy: FetchPolicy) -> list[str]:
+    """The image file names of one split folder: from its index page, else from its files.txt."""
+    files, folders = list_folder(folder_url, policy)
+    if folders:
+        raise DataError([Problem(folder_url + f + "/", "nested folder in a split of the original layout "
+                                 f"(images must lie directly in {folder_url})") for f in folders],
+                        f"problems in {folder_url}")
+    return files
 
 
 # -- The data set ------------------------------------------------------------------------------
@@ -458,7 +477,7 @@ def fetch_json(location: str | None, local_root: Path, what: str, policy: FetchP
     """A label JSON as a local path: a URL is revalidated every run (a conditional GET where the
     server gave validators, so an unchanged file costs a 304; else downloaded again); a local
     path is used as it is."""
-    if location is None or not is_url(location):
+    if location is None or not HttpSite.claims(location):  # a local path (or s3://) is read where it is
         return location
     # Named by the URL's hash: another labels URL for the same data never reuses this one.
     destination = local_root / f"{what.replace(' ', '_')}-{hashlib.sha1(location.encode()).hexdigest()[:8]}.json"
@@ -577,8 +596,7 @@ def fetch_dataset(url: str, labels: str | None, label_encoding: str | None, *, c
         raise DataError(f"{url}: data from a URL must be in the original layout (image files in URL/train/, "
                         "URL/val/); pass --labels, the image id -> label JSON (a URL or a local path)")
     folder_url = url if url.endswith("/") else url + "/"
-    local_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    local_root = local_root / cache_folder_name(folder_url)
+    local_root = HttpSite(folder_url).mirror_folder(cache_dir)
     local_root.mkdir(parents=True, exist_ok=True)
     with open(local_root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -616,24 +634,3 @@ def fetch_dataset(url: str, labels: str | None, label_encoding: str | None, *, c
             for split in refreshing:
                 (local_root / STATE_FOLDER / f"refreshed-{split}").write_text(repr(time.time()))
     return str(local_root), labels_path, encoding_path
-
-
-def local_copy(data: str, labels: str | None, label_encoding: str | None, *, cache_dir: str | os.PathLike | None,
-               splits, refresh: bool = False) -> tuple[str, str | None, str | None]:
-    """(data root, labels JSON, encoding JSON) on this machine: a URL data set's splits are
-    brought into the cache first (fetch_dataset; `refresh` revalidates the cached images); local
-    data is returned as given."""
-    if not is_url(data):
-        return data, labels, label_encoding
-    return fetch_dataset(data, labels, label_encoding, cache_dir=cache_dir, splits=tuple(splits), refresh=refresh)
-
-
-def url_in(url: str, root: str, path: str) -> str:
-    """The URL a file of a downloaded data set came from (root: its folder in the cache)."""
-    for base in (Path(root), Path(root).resolve()):
-        try:
-            relative = Path(path).relative_to(base)
-        except ValueError:
-            continue
-        return (url if url.endswith("/") else url + "/") + urllib.parse.quote(relative.as_posix())
-    return path

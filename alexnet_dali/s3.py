@@ -1,5 +1,5 @@
-"""Data in object storage: `s3://bucket/prefix` as a tree (tree.py) the indexer reads, and the
-objects' bytes for the decode scan.
+"""Data in object storage: the boto3 side of `s3://bucket/prefix` (sources.S3Bucket): the listing
+the indexer reads, and the objects' bytes for the decode scan.
 
 boto3 lists the prefix once (every key under it, paginated); the folders are built from the keys.
 A file's location is its `s3://bucket/key` URL, which DALI's file reader opens itself through the
@@ -13,7 +13,6 @@ boto3 is an extra (`pip install 'alexnet-dali[s3]'`), imported only when an s3:/
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import posixpath
 
@@ -30,10 +29,6 @@ UNREACHABLE = {"EndpointConnectionError": "could not connect", "ConnectTimeoutEr
                "ReadTimeoutError": "no answer in time", "ConnectionClosedError": "the connection was closed"}
 ACCESS_DENIED = frozenset({"AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch",
                            "InvalidToken", "ExpiredToken", "403"})
-
-
-def is_s3_url(location) -> bool:
-    return isinstance(location, str) and location.startswith(SCHEME)
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -103,7 +98,7 @@ def explain(error: Exception, url: str) -> str | None:
 
 # -- Objects ---------------------------------------------------------------------------------------
 
-# url -> "ETag\0size" from the newest listing: the scan keys its cache by them (object_key), so the
+# url -> "ETag\0size" from the newest listing: the scan keys its cache by them (object_identity), so the
 # indexer hands on only URLs and no object is asked about twice. The keys are the very URL strings
 # the splits hold, and the value is one short string: ImageNet's 1.28M objects cost ~150 MB here.
 LISTED: dict[str, str] = {}
@@ -134,8 +129,8 @@ def read_image(url: str) -> bytes:
     return read_object(url)
 
 
-def object_key(url: str) -> str | None:
-    """Identity of an object's current content for the scan cache: URL, ETag, size."""
+def object_identity(url: str) -> str | None:
+    """Identity of an object's current content: "ETag\0size", from the listing or a HEAD."""
     identity = LISTED.get(url)
     if identity is None:
         bucket, key = split_url(url)
@@ -144,7 +139,7 @@ def object_key(url: str) -> str | None:
         except Exception:  # missing or unreadable: the scan then reports it
             return None
         identity = f"{head.get('ETag', '')}\0{int(head.get('ContentLength', 0))}"
-    return hashlib.sha1(f"{url}\0{identity}".encode()).hexdigest()[:20]
+    return identity
 
 
 def read_text(url: str, what: str) -> str:
@@ -197,62 +192,37 @@ def siblings(bucket: str, prefix: str) -> str:
 
 # -- The tree --------------------------------------------------------------------------------------
 
-class S3Tree:
-    """A data set under s3://bucket/prefix, listed once. Paths inside it are POSIX-relative to the
-    prefix ("" is the root); a folder is a key prefix ending in "/" that some key lies under."""
+def list_tree(url: str) -> tuple[dict[str, str], dict[str, tuple[set[str], set[str]]]]:
+    """Every object under s3://bucket/prefix, listed once, as a folder tree: (relative path ->
+    URL, folder -> (file names, folder names)). Paths are POSIX-relative to the prefix ("" is
+    the root); a folder is a key prefix ending in "/" that some key lies under."""
+    url = url.rstrip("/")
+    objects: dict[str, str] = {}
+    folders: dict[str, tuple[set[str], set[str]]] = {"": (set(), set())}
 
-    def __init__(self, url: str):
-        self.url = url.rstrip("/")
-        self.bucket, _ = split_url(self.url)
-        self.objects: dict[str, str] = {}  # relative path -> URL
-        self.folders: dict[str, tuple[set[str], set[str]]] = {"": (set(), set())}
-        skipped = []
-        for rel, identity in sorted(list_objects(self.url).items()):
-            if not rel or rel.endswith("/"):  # a folder marker (made by consoles): the folder, not a file
-                self._add_folder(rel.rstrip("/"))
-                continue
-            if "" in rel.split("/"):
-                skipped.append(rel)
-                continue
-            self.objects[rel] = url = f"{self.url}/{rel}"
-            LISTED[url] = identity
-            folder, name = posixpath.split(rel)
-            self._add_folder(folder)
-            self.folders[folder][0].add(name)
-        if skipped:  # a path with an empty segment has no place in a folder tree
-            logger.warning(f"{len(skipped)} key(s) under {self.url} with an empty path segment ('//') are not read "
-                           f"(first: {skipped[0]!r})")
-
-    def _add_folder(self, folder: str) -> None:
+    def add_folder(folder: str) -> None:
         """The folder, and each folder above it, entered in its parent."""
-        if folder in self.folders:
+        if folder in folders:
             return
         parent, name = posixpath.split(folder)
-        self._add_folder(parent)
-        self.folders[folder] = (set(), set())
-        self.folders[parent][1].add(name)
+        add_folder(parent)
+        folders[folder] = (set(), set())
+        folders[parent][1].add(name)
 
-    def name(self, rel: str = "") -> str:
-        """How a person knows this path: its s3:// URL."""
-        return f"{self.url}/{rel}" if rel else self.url
-
-    def location(self, rel: str) -> str:
-        """What DALI's reader opens: the same URL."""
-        return self.objects.get(rel) or self.name(rel)
-
-    def exists(self, rel: str = "") -> bool:
-        return rel in self.objects or rel in self.folders
-
-    def is_dir(self, rel: str = "") -> bool:
-        return rel in self.folders
-
-    def is_file(self, rel: str) -> bool:
-        return rel in self.objects
-
-    def entries(self, rel: str = "") -> tuple[list[str], list[str]]:
-        """(file names, folder names) directly in the folder rel, each sorted."""
-        files, folders = self.folders.get(rel, (set(), set()))
-        return sorted(files), sorted(folders)
-
-    def read_text(self, rel: str) -> str:
-        return read_object(self.location(rel)).decode("utf-8")
+    skipped = []
+    for rel, identity in sorted(list_objects(url).items()):
+        if not rel or rel.endswith("/"):  # a folder marker (made by consoles): the folder, not a file
+            add_folder(rel.rstrip("/"))
+            continue
+        if "" in rel.split("/"):
+            skipped.append(rel)
+            continue
+        objects[rel] = object_url = f"{url}/{rel}"
+        LISTED[object_url] = identity
+        folder, name = posixpath.split(rel)
+        add_folder(folder)
+        folders[folder][0].add(name)
+    if skipped:  # a path with an empty segment has no place in a folder tree
+        logger.warning(f"{len(skipped)} key(s) under {url} with an empty path segment ('//') are not read "
+                       f"(first: {skipped[0]!r})")
+    return objects, folders

@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import Problem
 from .jsonio import write_json
-from .s3 import is_s3_url
+from .sources import identity_at, read_location
 
 # Leading bytes of the formats DALI decodes.
 SIGNATURES = (
@@ -267,26 +267,17 @@ class DaliDecodeCheck:
 
 
 def read_bytes(path: str) -> bytes:
-    """A file's bytes; an s3:// object's through boto3 (s3.py)."""
-    if is_s3_url(path):
-        from .s3 import read_image
-
-        return read_image(path)
-    return Path(path).read_bytes()
+    """A file's bytes, wherever it is (sources.py: a path, an s3:// object, ...)."""
+    return read_location(path)
 
 
 def file_key(path: str) -> str | None:
-    """Identity of a file's current content for the cache: path, size, modification time (an
-    s3:// object's: URL, ETag, size, from the listing)."""
-    if is_s3_url(path):
-        from .s3 import object_key
-
-        return object_key(path)
-    try:
-        stat = os.stat(path)
-    except OSError:
+    """Identity of a file's current content for the cache: its location and what its source
+    says identifies the content (size and mtime on disk; ETag and size in a bucket)."""
+    identity = identity_at(path)
+    if identity is None:
         return None
-    return hashlib.sha1(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:20]
+    return hashlib.sha1(f"{path}\0{identity}".encode()).hexdigest()[:20]
 
 
 class ScanCache:
@@ -336,11 +327,6 @@ class ScanCache:
             pass  # an unwritable cache only costs a rescan next time
 
 
-def data_cache_dir(data_root: str | os.PathLike) -> Path:
-    """Where check and train keep the scan results (and train its PCA) for a local data set."""
-    return Path(data_root) / ".alexnet-dali"
-
-
 def decode_check(files: Sequence[str], placement, *, batch_size: int = 64, max_pixels: int = MAX_SCAN_PIXELS,
                  progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict[str, str | None]:
     """path -> None if DALI decodes it where `placement` (placement.py) says, else the reason it
@@ -385,19 +371,40 @@ def save_scanned(cache: ScanCache, results: dict[str, str | None], total: int) -
         raise ScanInterrupted(results, total) from None
 
 
-def scan_images(files: Sequence[str], placement, *, cache_path: Path | None = None) -> list[Problem]:
+def scan_images(files: Sequence[str], placement, *, cache_path: Path | None = None, dist_info=None,
+                announce: bool = False) -> list[Problem]:
     """Every file that cannot be decoded, with the reason, in the order given; cached, also when
-    Ctrl-C stops the scan (ScanInterrupted)."""
-    cache = ScanCache(cache_path)
-    found, todo = cache.split(files)
-    if todo:
-        try:
-            results = decode_check(todo, placement)
-        except ScanInterrupted as stop:
+    Ctrl-C stops the scan (ScanInterrupted). The one scan-with-cache path of check, evaluate and
+    train: under several processes (dist_info), rank 0 holds the cache and the ranks share the
+    decoding of what it does not know; every rank gets the whole answer. `announce` logs how
+    many images are to be decoded."""
+    rank, world_size, is_main, share, gather = 0, 1, True, (lambda value: value), (lambda value: [value])
+    if dist_info is not None:
+        from . import distributed  # imports torch: only where several processes may share the work
+
+        rank, world_size, is_main = dist_info.rank, dist_info.world_size, dist_info.is_main
+        share, gather = distributed.broadcast_object, distributed.gather_objects
+    unique = list(dict.fromkeys(files))
+    cache = ScanCache(cache_path) if is_main else None
+    known, todo = cache.split(unique) if cache else ({}, [])
+    known, todo = share((known, todo))
+    if todo and announce and is_main:
+        from .log import logger
+
+        logger.info(f"checking that {len(todo)} images decode ({len(unique) - len(todo)} known from the cache)")
+    mine = todo[rank::world_size]
+    try:
+        results = decode_check(mine, placement) if mine else {}
+    except ScanInterrupted as stop:  # Ctrl-C: keep what this process checked (rank 0 holds the cache)
+        if cache is not None:
             save_scanned(cache, stop.results, len(todo))
-            raise
-        save_scanned(cache, results, len(todo))
-        found.update({path: reason for path, reason in results.items() if reason})
+        raise ScanInterrupted(stop.results, len(todo)) from None
+    merged: dict[str, str | None] = {}
+    for part in gather(results):
+        merged.update(part)
+    if cache is not None and merged:
+        save_scanned(cache, merged, len(todo))
+    found = {**known, **{path: reason for path, reason in merged.items() if reason}}
     return [Problem(path, found[path]) for path in files if path in found]
 
 

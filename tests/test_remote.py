@@ -25,7 +25,8 @@ from alexnet_dali.config import TrainConfig
 from alexnet_dali.data import DataError, index_dataset
 from alexnet_dali.distributed import DistInfo
 from alexnet_dali.dataset import index
-from alexnet_dali.remote import FetchPolicy, cache_folder_name, fetch_dataset, parse_index_page
+from alexnet_dali.remote import FetchPolicy, fetch_dataset, parse_index_page
+from alexnet_dali.sources import HttpSite, LocalFolder, cache_folder_name
 from conftest import make_original_layout, run_cli, smooth_image, write_image
 
 FAST = FetchPolicy(workers=4, attempts=3, timeout_s=5.0, first_wait_s=0.05)
@@ -254,6 +255,27 @@ def test_url_and_local_runs_give_the_same_files_and_labels(tree, tmp_path, label
     for split in fetched.values():
         for path in split.files:
             assert Path(path).read_bytes() == (tree["data"] / split.name / Path(path).name).read_bytes()
+
+
+def test_a_site_lists_and_reads_its_files_like_the_folder_it_serves(tree):
+    """The seam (sources.HttpSite): the same image files, the same bytes, an identity per file
+    that follows its content."""
+    local = LocalFolder(tree["data"])
+    with serve(tree["data"]) as (url, _):
+        site = HttpSite(url)
+        assert site.entries() == (sorted(["labels.json", "label_encoding.json"]), ["train", "val"])
+        assert site.is_dir("train") and site.is_file("train/train_000.jpg") and not site.exists("train/nope.jpg")
+        listed = dict(site.image_files())
+        assert sorted(listed) == sorted(local.image_paths()) and len(listed) > 4
+        for rel in listed:
+            assert site.read_file(rel) == local.read_file(rel)
+        rel = "train/train_000.jpg"
+        before = listed[rel]
+        (tree["data"] / rel).write_bytes(local.read_file(rel) + b"\0")  # another length
+        assert site.identity(rel) not in (before, None)
+        assert site.identity("train/nope.jpg") is None
+        with pytest.raises(FileNotFoundError):
+            site.read_file("train/nope.jpg")
 
 
 def test_a_second_run_downloads_nothing(tree, tmp_path):

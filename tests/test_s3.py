@@ -23,10 +23,9 @@ from alexnet_dali.distributed import DistInfo
 from alexnet_dali.errors import DataError
 from alexnet_dali.placement import place
 from alexnet_dali.dataset import cache_dirs, load_training_data
-from alexnet_dali.remote import local_copy
+from alexnet_dali.sources import LocalFolder, S3Bucket, local_copy
 from alexnet_dali.scan import CACHE_NAME, ScanCache, scan_images
 from alexnet_dali.state import load_state
-from alexnet_dali.tree import LocalTree
 from alexnet_dali.train import train
 from conftest import make_class_folders, make_imagenet, make_original_layout, run_cli, torchrun
 
@@ -194,20 +193,32 @@ def test_folders_are_built_from_one_paginated_listing(store, monkeypatch):
         return made
 
     monkeypatch.setattr(s3, "client", counting_client)
-    tree = s3.S3Tree(f"s3://{BUCKET}/folders/")
+    tree = S3Bucket(f"s3://{BUCKET}/folders/")
     assert calls == ["list_objects_v2"]
-    local = LocalTree(store["folders"])
+    local = LocalFolder(store["folders"])
     for folder in ("", "train", "val", "train/ant", "train/bee", "val/bee"):
         assert tree.entries(folder) == local.entries(folder)
     assert tree.is_dir("train/ant") and not tree.is_dir("train/ant/000.jpg") and tree.is_file("val/bee/001.jpg")
     assert tree.name("val/bee/001.jpg") == tree.location("val/bee/001.jpg") == f"s3://{BUCKET}/folders/val/bee/001.jpg"
 
 
+def test_a_bucket_lists_and_reads_its_images_like_its_local_copy(store):
+    """The seam (sources.S3Bucket): the same image files, the same bytes, the listing's ETag and
+    size as each file's identity."""
+    bucket, local = S3Bucket(f"s3://{BUCKET}/folders"), LocalFolder(store["folders"])
+    listed = dict(bucket.image_files())
+    assert sorted(listed) == sorted(local.image_paths()) and len(listed) > 4
+    for rel, identity in listed.items():
+        head = store["client"].head_object(Bucket=BUCKET, Key=f"folders/{rel}")
+        assert identity == f"{head['ETag']}\0{head['ContentLength']}"
+        assert bucket.read_file(rel) == local.read_file(rel)
+
+
 def test_a_prefix_takes_only_its_own_folder(store):
     """s3://data/folder must not take in s3://data/folders/...: the prefix is a folder."""
     with pytest.raises(DataError, match=r"s3://data/folder holds no objects:.*prefixes in s3://data/: "
                                         r"(\w+/, )*folders/, (\w+/, )*original/"):
-        s3.S3Tree(f"s3://{BUCKET}/folder")
+        S3Bucket(f"s3://{BUCKET}/folder")
 
 
 # -- Errors: one line each, before any work ------------------------------------------------------
@@ -305,12 +316,12 @@ def test_the_scan_cache_follows_each_objects_etag(store, tmp_path):
     client, cache_path = store["client"], tmp_path / CACHE_NAME
     url = f"s3://{BUCKET}/rescan/a.jpg"
     client.put_object(Bucket=BUCKET, Key="rescan/a.jpg", Body=store["good_bee"][: len(store["good_bee"]) // 2])
-    s3.S3Tree(f"s3://{BUCKET}/rescan")  # a run lists the bucket first
+    S3Bucket(f"s3://{BUCKET}/rescan")  # a run lists the bucket first
     found = scan_images([url], cpu(), cache_path=cache_path)
     assert [p.reason.split(":")[0] for p in found] == ["truncated JPEG"]
     assert ScanCache(cache_path).split([url]) == ({url: found[0].reason}, [])  # known: nothing to decode
     client.put_object(Bucket=BUCKET, Key="rescan/a.jpg", Body=store["good_bee"])  # repaired in place
-    s3.S3Tree(f"s3://{BUCKET}/rescan")  # the next run lists it again
+    S3Bucket(f"s3://{BUCKET}/rescan")  # the next run lists it again
     assert ScanCache(cache_path).split([url]) == ({}, [url])
     assert scan_images([url], cpu(), cache_path=cache_path) == []
 
@@ -318,7 +329,7 @@ def test_the_scan_cache_follows_each_objects_etag(store, tmp_path):
 def test_a_key_that_dalis_reader_cannot_open_is_named_before_training(store, tmp_path):
     """DALI 2.4 parses '?' and '#' in an s3:// URL as a query and a fragment: the pipeline would fail."""
     store["client"].put_object(Bucket=BUCKET, Key="odd/train/a/h#1.jpg", Body=store["good_bee"])
-    url = f"{s3.S3Tree(f's3://{BUCKET}/odd').location('train/a/h#1.jpg')}"
+    url = f"{S3Bucket(f's3://{BUCKET}/odd').location('train/a/h#1.jpg')}"
     assert url == f"s3://{BUCKET}/odd/train/a/h#1.jpg"
     [problem] = scan_images([url], cpu(), cache_path=tmp_path / CACHE_NAME)
     assert problem.path == url and "cannot open a key with '?' or '#'" in problem.reason
