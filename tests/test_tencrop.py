@@ -391,7 +391,8 @@ def test_predict_takes_pil_images_arrays_and_bytes_mixed_with_paths(tmp_path, im
         pixels = np.asarray(pil.convert("RGB"))
         for image in (pil, pixels, path.read_bytes(), bytearray(path.read_bytes()), str(path), path):
             np.testing.assert_allclose(model.predict(image), expected, atol=1e-6)
-        assert [label for label, _ in model.predict_n(pil, n=2)] == [model.classes[i] for i in np.argsort(-expected)[:2]]
+        top_two = [model.classes[i] for i in np.argsort(-expected)[:2]]
+        assert [label for label, _ in model.predict_n(pil, n=2)] == top_two
     grey = Image.open(images["small"]).convert("L")  # other modes become RGB, as the decoder makes them
     mixed = model.predict([pixels, str(paths[0]), pil, grey, paths[0].read_bytes(), np.asfortranarray(pixels)])
     assert mixed.shape == (6, 5)
