@@ -2,7 +2,8 @@
 
     model = AlexNet("data", "labels.json", "label_encoding.json")   # indexes, checks, PCA
     history = model.fit(epochs=5)
-    model.predict("a.jpg")            # [num_classes], sums to 1
+    model.predict("a.jpg")            # [num_classes], sums to 1; also a PIL image, an HxWx3 uint8
+                                      # array, encoded bytes, or a list of any of these
     model.predict_n("a.jpg", n=5)     # [(label, probability), ...]
     model.save("model.pt"); AlexNet.load("model.pt")
 
@@ -18,14 +19,13 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from .checkpoint import LAST, PREVIOUS, CheckpointError, save_checkpoint
 from .config import TrainConfig
 from .log import logger, setup_logging
-from .predict import Predictor
+from .predict import ONE_IMAGE, Predictor, as_image_list, describe, is_one_image
 from .dataset import TrainingData, load_training_data
 from .rundir import RunLock, check_out_dir, check_outside_data
 from .state import TrainState, load_state
@@ -144,16 +144,22 @@ class AlexNet:
             self._predictor = Predictor(self.state.bundle, self._placement, batch_size=PREDICT_BATCH)
         return self._predictor
 
-    def predict(self, images: str | Path | Sequence[str | Path]) -> np.ndarray:
-        """Ten-crop softmax average: [num_classes] for one path, [N, num_classes] for a list."""
-        single = isinstance(images, (str, Path))
-        probabilities = self._predictor_for_use().predict_files([images] if single else list(images))
+    def predict(self, images) -> np.ndarray:
+        """Ten-crop softmax average: [num_classes] for one image, [N, num_classes] for a list.
+        An image is a path (s3:// too), encoded bytes, a PIL image or an HxWx3 uint8 RGB array;
+        a list may mix them. Decoded images go through the same pipeline as files."""
+        single = is_one_image(images)
+        probabilities = self._predictor_for_use().predict_images(as_image_list(images))
         return probabilities[0] if single else probabilities
 
-    def predict_n(self, image: str | Path, n: int = 5) -> list[tuple[str, float]]:
-        """The n most likely (label, probability) pairs, most likely first."""
+    def predict_n(self, image, n: int = 5) -> list[tuple[str, float]]:
+        """The n most likely (label, probability) pairs for one image (any form predict takes),
+        most likely first."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
+        if not is_one_image(image):
+            raise TypeError(f"predict_n takes one image: {ONE_IMAGE}; "
+                            f"got {describe(image)} (predict takes a list)")
         return self._predictor_for_use().top(self.predict(image), n)
 
     # -- persistence -------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "benchmarks/predict.py's +compile row); compiling takes a minute at the start")
     predict = verbs.add_parser("predict", help="ten-crop predictions for images with a saved model")
     predict.add_argument("model", help="a checkpoint (last.pt, best.pt) or a file from AlexNet.save")
-    predict.add_argument("images", nargs="+", help="image files; a folder stands for its images")
+    predict.add_argument("images", nargs="+", help="image files; a folder (or an s3:// prefix) stands for its images")
     predict.add_argument("--topk", type=positive_int, default=5, help="classes shown per image (default: 5)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
     add_config_options(predict, [*DEVICE_OPTIONS, "precision"], defaults=inference)

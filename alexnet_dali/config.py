@@ -152,7 +152,9 @@ class TrainConfig:
 
 def absolute_location(location: str | None) -> str | None:
     """A local path made absolute (symbolic links kept as given); a URL, s3:// or nothing as is."""
-    if not location or "://" in location:
+    from .sources import kind_of
+
+    if not location or not kind_of(location).on_file_system:
         return location
     return os.path.abspath(location)
 

@@ -54,10 +54,9 @@ def check_outside_data(config, out_option: str = "--out", cache_option: str = "-
     split of a local DATA: the run's files (last.pt, config.json, tensorboard/) would become
     files and classes of that split. Creates nothing."""
     from .imagenet import IMAGENET_TREE
-    from .remote import is_url
-    from .s3 import is_s3_url
+    from .sources import kind_of
 
-    if not config.data or is_url(config.data) or is_s3_url(config.data):
+    if not config.data or not kind_of(config.data).on_file_system:
         return
     splits = {}
     for root in ("", IMAGENET_TREE):

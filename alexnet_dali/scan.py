@@ -39,6 +39,15 @@ SIGNATURES = (
     (b"MM\x00*", "TIFF"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
     (b"P5", "PNM"), (b"P6", "PNM"), (b"P3", "PNM"), (b"P2", "PNM"),
 )
+# Image formats DALI's decoder does not read, named so that such a file is called what it is
+# rather than "not an image". HEIF's and AVIF's ISO boxes are told apart by their brand.
+UNSUPPORTED_SIGNATURES = (
+    (b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"\xff\x0a", "JPEG XL"), (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL"),
+    (b"8BPS", "Photoshop (PSD)"), (b"v/1\x01", "OpenEXR"), (b"qoif", "QOI"),
+)
+ISO_IMAGE_BRANDS = {b"avif": "AVIF", b"avis": "AVIF", b"heic": "HEIC", b"heix": "HEIC", b"heim": "HEIC",
+                    b"heis": "HEIC", b"hevc": "HEIC", b"hevx": "HEIC", b"mif1": "HEIF", b"msf1": "HEIF"}
+SUPPORTED_NAMES = "JPEG, PNG, BMP, TIFF, JPEG 2000, WebP or PNM"
 CACHE_NAME = "scan-cache.json"
 
 # Pixels one scan batch may decode: DALI's decoder holds a few bytes per pixel of a batch (README,
@@ -68,6 +77,16 @@ def image_format(head: bytes) -> str | None:
     return None
 
 
+def unsupported_format(head: bytes) -> str | None:
+    """The name of an image format DALI cannot decode (GIF, HEIC, AVIF, JPEG XL, ...), or None."""
+    if head[4:8] == b"ftyp" and head[8:12] in ISO_IMAGE_BRANDS:
+        return ISO_IMAGE_BRANDS[head[8:12]]
+    for signature, name in UNSUPPORTED_SIGNATURES:
+        if head.startswith(signature):
+            return name
+    return None
+
+
 def diagnose(path: str) -> str | None:
     """Why this file cannot be decoded, or None if it looks fine."""
     try:
@@ -87,6 +106,8 @@ def diagnose_bytes(data: bytes) -> str | None:
     if not data:
         return "empty file (0 bytes)"
     kind = image_format(data[:16])
+    if kind is None and (unsupported := unsupported_format(data[:16])):
+        return f"unsupported image format {unsupported}: DALI decodes {SUPPORTED_NAMES}; convert it to one of these"
     if kind is None:
         return f"not an image: unrecognised content (starts with {data[:8]!r})"
     from PIL import Image

@@ -293,6 +293,35 @@ class S3Bucket(Source):
         return s3.object_identity(location)
 
     @classmethod
+    def predicted_files(cls, location: str) -> list[str]:
+        """The image objects directly under an s3:// prefix, as a local folder expands (sorted, not
+        recursive); the URL itself where it names an image, or where nothing lies under it (reading
+        it then says what is wrong). A URL ending in "/" is always a prefix."""
+        from .data import is_image_name
+
+        if not location.endswith("/") and is_image_name(posixpath.basename(location)):
+            return [location]
+        bucket, prefix = s3.split_url(location)
+        prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        keys, anything = [], False
+        try:  # Delimiter="/": only this level is listed, never the (possibly huge) tree below it
+            for page in s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+                anything = anything or bool(page.get("Contents") or page.get("CommonPrefixes"))
+                keys += [item["Key"] for item in page.get("Contents", [])]
+        except Exception as e:
+            line = s3.explain(e, location)
+            if line is None:
+                raise
+            raise DataError(line) from None
+        images = sorted(f"s3://{bucket}/{key}" for key in keys if is_image_name(posixpath.basename(key)))
+        if images:
+            return images
+        if not anything and not location.endswith("/"):
+            return [location]
+        raise DataError(f"{location} holds no image files" if anything else
+                        f"{location} holds no objects: check the prefix (keys are case-sensitive){s3.siblings(bucket, prefix)}")
+
+    @classmethod
     def cache_folder_at(cls, root, cache_dir=None) -> Path | None:
         """In --cache-dir, one folder per data set; without it, none (the run directory)."""
         return Path(cache_dir).expanduser() / cache_folder_name(root) if cache_dir else None

@@ -407,6 +407,48 @@ def test_predict_reads_images_straight_from_the_bucket(store, trained, capsys):
     assert "nothing.jpg: no such file" in capsys.readouterr().err
 
 
+def test_predict_expands_a_prefix_as_it_does_a_local_folder(store, tmp_path, capsys):
+    """`predict MODEL s3://bucket/prefix/` predicts the images directly under the prefix, sorted,
+    as for a local folder; a prefix without images, or without anything, is named."""
+    import torch
+    from PIL import Image
+
+    from alexnet_dali.checkpoint import save_checkpoint
+    from alexnet_dali.model import AlexNetModule
+    from alexnet_dali.pca import PCA
+
+    torch.manual_seed(0)
+    pca = PCA(mean=(0.5, 0.4, 0.3), eigval=(0.1, 0.01, 0.001), eigvec=((1, 0, 0), (0, 1, 0), (0, 0, 1)))
+    model = str(save_checkpoint({"model": AlexNetModule(2).state_dict(), "classes": ["ant", "bee"],
+                                 "pca": pca.to_dict(), "config": {"groups": 1, "dropout": 0.5}}, tmp_path / "m.pt"))
+    local = Path(store["folders"]) / "val" / "ant"
+    prefix = f"s3://{BUCKET}/folders/val/ant"
+    rows = []
+    for images in ([prefix + "/"], [prefix], [str(local)]):
+        assert cli.main(["predict", model, *images, "--device", "cpu", "--json"]) == 0
+        rows.append(json.loads(capsys.readouterr().out))
+    names = sorted(p.name for p in local.iterdir())
+    assert len(names) == 2
+    assert [row["image"] for row in rows[0]] == [row["image"] for row in rows[1]] == [f"{prefix}/{n}" for n in names]
+    assert [row["image"] for row in rows[2]] == [str(local / n) for n in names]
+    for remote, copy in zip(rows[0], rows[2]):
+        assert [e["probability"] for e in remote["top"]] == pytest.approx([e["probability"] for e in copy["top"]])
+
+    assert cli.main(["predict", model, f"s3://{BUCKET}/folders/val/", "--device", "cpu"]) == 2  # folders only
+    assert f"s3://{BUCKET}/folders/val/ holds no image files" in capsys.readouterr().err
+    assert cli.main(["predict", model, f"s3://{BUCKET}/folders/vall/", "--device", "cpu"]) == 2
+    assert "folders/vall/ holds no objects" in capsys.readouterr().err
+
+    gif = tmp_path / "moving.gif"
+    Image.new("RGB", (32, 24), (200, 30, 60)).save(gif)
+    store["client"].put_object(Bucket=BUCKET, Key="loose/moving.gif", Body=gif.read_bytes())
+    try:
+        assert cli.main(["predict", model, f"s3://{BUCKET}/loose/moving.gif", "--device", "cpu"]) == 2
+        assert f"s3://{BUCKET}/loose/moving.gif: unsupported image format GIF" in capsys.readouterr().err
+    finally:
+        store["client"].delete_object(Bucket=BUCKET, Key="loose/moving.gif")  # other tests compare the keys
+
+
 def test_two_torchrun_processes_train_class_folders_from_the_bucket(store, tmp_path):
     """`torchrun ... -m alexnet_dali train s3://...`: each rank lists the bucket and reads its shard."""
     out = tmp_path / "run"

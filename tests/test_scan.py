@@ -262,3 +262,28 @@ def test_ctrl_c_during_the_scan_exits_130_with_one_line_and_keeps_what_was_scann
     again.kill()
     again.wait()
     assert first.strip() == f"checking that {len(files) - known} images decode ({known} known from the cache)"
+
+
+# -- Image formats DALI cannot decode are named as such (issue 27, point 16) -------------------------
+
+def pil_encoded(kind: str) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(smooth_image(64, 48)).save(buffer, kind)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name, data", [
+    ("GIF", pil_encoded("GIF")),
+    ("AVIF", pil_encoded("AVIF")),
+    # PIL writes neither: the leading bytes of an iPhone photo and of a JPEG XL file (both forms)
+    ("HEIC", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64),
+    ("JPEG XL", b"\xff\x0a\xfa\x7f\x01\x90\x08\x06\x01\x00\x48\x00\x4b" + b"\x00" * 64),
+    ("JPEG XL", b"\x00\x00\x00\x0cJXL \r\n\x87\n\x00\x00\x00\x14ftypjxl " + b"\x00" * 64),
+], ids=["gif", "avif", "heic", "jxl-codestream", "jxl-container"])
+def test_a_format_dali_cannot_decode_is_named_not_called_not_an_image(tmp_path, name, data):
+    path = tmp_path / "photo.jpg"  # as a misnamed download would be
+    path.write_bytes(data)
+    reason = decode_check([str(path)], cpu_placement())[str(path)]
+    assert reason.startswith(f"unsupported image format {name}: DALI decodes JPEG, PNG, BMP, TIFF, JPEG 2000, WebP")

@@ -2,6 +2,8 @@
 mirrors, softmax averaged), on real image files, against NumPy and PIL references."""
 
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -307,3 +309,136 @@ def test_fixed_rows_pads_a_smaller_batch_in_its_memory_layout():
     assert torch.equal(fed[:3], nhwc) and not fed[3:].any()
     assert torch.equal(out, net(nhwc))
     assert FixedRows(net, rows=3)(nhwc).shape == (3, 2) and seen[-1] is nhwc  # a full batch as it is
+
+
+# -- Prediction memory: batches bounded by pixels (issue 27, point 11) ---------------------------------
+
+def banded_png(path: Path, size: int, left, top_right, bottom_right) -> Path:
+    """A size×size RGB PNG: the left half one colour, the right half two (top and bottom), written
+    row by row, so a 144-million-pixel image costs a second and 2 MB rather than 432 MB."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    half = size // 2
+    rows = [b"\x00" + bytes(left) * half + bytes(right) * (size - half) for right in (top_right, bottom_right)]
+    packer = zlib.compressobj(1)
+    body = b"".join(packer.compress(rows[y >= half]) for y in range(size)) + packer.flush()
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+def test_prediction_batches_hold_at_most_max_pixels(images, predictor):
+    """Room for the first two images by pixels: batches of 2, 2 and 1 at batch size 4 (the last,
+    500×375, is over the budget alone), and the same predictions as one image at a time."""
+    names = ["wide256", "tall256", "square", "small", "big"]
+    blobs = [images[n].read_bytes() for n in names]
+    pixels = [Image.open(images[n]).width * Image.open(images[n]).height for n in names]
+    bounded = Predictor(predictor.bundle, cpu_placement(), batch_size=4, max_pixels=pixels[0] + pixels[1])
+    sizes = [views.shape[0] for views in bounded.views(blobs, names)]
+    assert sizes == [2, 2, 1]
+    unbounded = predictor.predict_bytes(blobs, names)  # batches of 4 and 1
+    np.testing.assert_allclose(bounded.predict_bytes(blobs, names), unbounded, rtol=1e-5, atol=1e-7)
+
+
+def test_a_huge_image_is_decoded_in_a_batch_of_its_own_and_predicted_right(tmp_path, images, predictor):
+    """12000×12000 (144 million pixels, over the 2**27 budget the scan uses): in a batch of 4 it
+    is decoded alone, and predicted as its 1200×1200 copy is (the same picture, a tenth the
+    size)."""
+    colours = (200, 30, 60), (20, 90, 220), (240, 220, 40)
+    huge = banded_png(tmp_path / "huge.png", 12000, *colours)
+    copy = banded_png(tmp_path / "copy.png", 1200, *colours)
+    other = banded_png(tmp_path / "other.png", 1200, colours[0], colours[2], colours[1])  # right half upside down
+    small = [images[n].read_bytes() for n in ("big", "small", "square")]
+    blobs = [small[0], small[1], huge.read_bytes(), small[2]]
+    sizes, rows = [], []
+    with torch.no_grad():
+        for views in predictor.views(blobs):  # the ten-crop mean of the softmax, batch by batch
+            sizes.append(views.shape[0])
+            rows += [reference_prediction(predictor.net, crops.numpy()) for crops in views]
+    assert sizes == [2, 1, 1]
+    probabilities = np.stack(rows)
+    expected_copy, expected_other = predictor.predict_files([copy, other])
+    # the colour edges blend over a pixel or so differently at the two scales: 1.4e-4 measured
+    np.testing.assert_allclose(probabilities[2], expected_copy, atol=1e-3)
+    assert np.abs(expected_other - expected_copy).max() > 0.01  # the comparison can tell pictures apart
+    np.testing.assert_allclose(probabilities[[0, 1, 3]], predictor.predict_bytes(small), rtol=1e-5, atol=1e-7)
+
+
+# -- What model.predict takes (issue 27, points 15 and 16) --------------------------------------------
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """AlexNet.load of a file holding the sensitive net (it needs no data set)."""
+    from alexnet_dali import AlexNet
+    from alexnet_dali.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("saved") / "model.pt"
+    save_checkpoint({"model": sensitive_net().state_dict(), "classes": [f"c{i}" for i in range(5)],
+                     "pca": PCA_FOR_TESTS.to_dict(), "config": {"groups": 1, "dropout": 0.5}}, path)
+    return AlexNet.load(path, device="cpu", verbose=False)
+
+
+def test_predict_takes_pil_images_arrays_and_bytes_mixed_with_paths(tmp_path, images, model):
+    """Decoded images are written losslessly (PPM) and go through the same pipeline as the file:
+    the same pixels reach the crops (PIL and DALI's CPU decoder are both libjpeg-turbo), so the
+    stated tolerance is 1e-6 on each probability (float summation order only)."""
+    paths = [images["big"], images["wide256"]]  # a JPEG and a PNG
+    by_file = model.predict(paths)
+    for path, expected in zip(paths, by_file):
+        with Image.open(path) as opened:
+            pil = opened.copy()  # a PIL image with no file behind it
+        pixels = np.asarray(pil.convert("RGB"))
+        for image in (pil, pixels, path.read_bytes(), bytearray(path.read_bytes()), str(path), path):
+            np.testing.assert_allclose(model.predict(image), expected, atol=1e-6)
+        top_two = [model.classes[i] for i in np.argsort(-expected)[:2]]
+        assert [label for label, _ in model.predict_n(pil, n=2)] == top_two
+    grey = Image.open(images["small"]).convert("L")  # other modes become RGB, as the decoder makes them
+    mixed = model.predict([pixels, str(paths[0]), pil, grey, paths[0].read_bytes(), np.asfortranarray(pixels)])
+    assert mixed.shape == (6, 5)
+    np.testing.assert_allclose(mixed[[0, 2, 5]], np.stack([by_file[1]] * 3), atol=1e-6)
+    np.testing.assert_allclose(mixed[[1, 4]], np.stack([by_file[0]] * 2), atol=1e-6)
+    grey_file = write_image(tmp_path / "grey.png", 180, 200, array=np.asarray(grey))
+    np.testing.assert_allclose(mixed[3], model.predict(grey_file), atol=1e-6)
+    assert np.abs(mixed[3] - mixed[0]).max() > 0.05  # the network is not blind
+
+
+def test_a_pil_image_is_taken_upright_as_its_file_is(tmp_path, model):
+    """DALI's decoder applies a JPEG's EXIF orientation; a PIL image opened from that file is
+    still on its side, so predict turns it as the decoder does."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(smooth_image(400, 300, seed=7)).save(path, quality=95, exif=exif)
+    by_file, on_its_side = model.predict([path, np.asarray(Image.open(path))])
+    np.testing.assert_allclose(model.predict(Image.open(path)), by_file, atol=1e-6)
+    assert np.abs(on_its_side - by_file).max() > 0.01  # so the orientation mattered
+
+
+@pytest.mark.parametrize("bad", [42, None, {"a.jpg": 1}, np.zeros((64, 64, 3)), np.zeros((64, 64), np.uint8),
+                                 np.zeros((2, 64, 64, 3), np.uint8), np.zeros((64, 64, 4), np.uint8),
+                                 torch.zeros(3, 64, 64, dtype=torch.uint8), ["a.jpg", 3.5]],
+                         ids=["int", "None", "dict", "float-array", "grey-array", "batch-array", "rgba-array",
+                              "tensor", "list-with-float"])
+def test_anything_else_gets_one_error_saying_what_is_accepted(model, bad):
+    with pytest.raises(TypeError) as raised:
+        model.predict(bad)
+    message = str(raised.value)
+    assert "a path" in message and "encoded image bytes" in message and "PIL image" in message
+    assert "HxWx3 uint8 RGB numpy array" in message and "list of these" in message
+    assert "\n" not in message  # one line, not a row per pixel
+    if hasattr(bad, "shape"):  # an array or a tensor: named with its shape, once (not a row at a time)
+        assert message.count(f"of shape {tuple(bad.shape)}") == 1
+    with pytest.raises(TypeError, match="predict_n takes one image"):
+        model.predict_n([bad] if not isinstance(bad, list) else bad)
+
+
+def test_encoded_bytes_are_named_by_their_place_and_a_gif_as_an_unsupported_format(tmp_path, images, predictor):
+    gif = tmp_path / "moving.gif"
+    Image.fromarray(smooth_image(64, 48)).save(gif)
+    with pytest.raises(DataError, match=r"moving\.gif: unsupported image format GIF: DALI decodes JPEG, PNG"):
+        predictor.predict_files([images["small"], gif])
+    with pytest.raises(DataError, match=r"image 1 \(7 encoded bytes\): not an image"):
+        predictor.predict_images([images["small"], b"GIF80ab", images["big"].read_bytes()])
+    with pytest.raises(DataError, match=r"image 0 \(0 encoded bytes\): empty"):
+        predictor.predict_images([b""])
