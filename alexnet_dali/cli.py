@@ -239,6 +239,7 @@ def run_evaluate(args) -> int:
     from .errors import DataError
     from .evaluate import evaluate_split
     from .log import setup_logging
+    from .resume import class_change
     from .state import load_state
 
     setup_logging(0, "stderr")
@@ -246,12 +247,13 @@ def run_evaluate(args) -> int:
     bundle = load_state(args.model).bundle
     root, labels, encoding = local_data(args, [args.split])
     split = index_dataset(root, labels, encoding, splits=(args.split,))[args.split]
+    if split.classes != bundle.classes:  # named as resume names them: the classes that moved, or differ
+        change = class_change(bundle.classes, split.classes)
+        advice = "" if "label encoding" in change else "; pass the label encoding the model was trained with"
+        raise DataError(f"the classes of {args.data} differ from the model's: {change}{advice}")
     bad = scan_split(split, root, placement)
     if bad:  # a bad file would stop DALI mid-pass: name them all first, as train does
         raise DataError(bad, f"{len(bad)} image(s) in {args.split!r} cannot be decoded")
-    if split.classes != bundle.classes:
-        raise DataError(f"the classes of {args.data} ({len(split.classes)}) differ from the model's "
-                        f"({len(bundle.classes)}); pass the label encoding the model was trained with")
     result = evaluate_split(bundle, split, placement, ten_crop=args.ten_crop, batch_size=args.batch_size,
                             precision=args.precision, compile=args.compile)
     if args.json:
