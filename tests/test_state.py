@@ -242,3 +242,19 @@ def test_evaluate_with_permuted_classes_names_the_classes_that_moved(bf16_model,
     assert main(["evaluate", str(path), str(data), "--label-encoding", str(other), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "['ant', 'bee'] -> ['ant', 'bee', 'cow']" in err and "label encoding the model was trained with" in err
+
+
+def test_bf16_on_a_cpu_is_said_to_be_slow_once(bf16_model, capsys, monkeypatch):
+    """4 images at batch 1: four bf16 batches on the CPU, one warning; none in fp32."""
+    import alexnet_dali.evaluate
+    from alexnet_dali.cli import main
+
+    path, data = bf16_model
+    monkeypatch.setattr(alexnet_dali.evaluate, "_said_bf16_is_slow", False)
+    assert main(["evaluate", str(path), str(data), "--device", "cpu", "--batch-size", "1", "--precision", "fp32"]) == 0
+    assert "slow" not in capsys.readouterr().err
+    assert main(["evaluate", str(path), str(data), "--device", "cpu", "--batch-size", "1"]) == 0
+    assert main(["evaluate", str(path), str(data), "--device", "cpu", "--batch-size", "1"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "bf16" in line]
+    assert warnings == ["warning: bf16 on a CPU is no faster than fp32, and on some CPUs about 6x slower; use "
+                        "fp32 on a CPU (bf16 pays on tensor-core GPUs)"]
