@@ -75,8 +75,11 @@ def bound_problem(name: str, value) -> str | None:
     bound = BOUNDS[name]
     if value is None or bound.holds(value):
         return None
-    if value <= bound.low == 0:  # the words of the usual case
-        return f"{name} must {'be positive' if bound.low_open else 'not be negative'}, got {value}: {bound.why}"
+    if value < bound.low or (value == bound.low and bound.low_open):  # in the words of the usual cases
+        if bound.low == 0 and not bound.low_open:
+            return f"{name} must not be negative, got {value}"
+        if bound.low == 0 or (bound.low == 1 and isinstance(value, int)):
+            return f"{name} must be positive, got {value}"
     return f"{name} must be in {bound.interval()}, got {value}: {bound.why}"
 
 
