@@ -13,7 +13,7 @@ import sys
 import typing
 
 from . import __version__
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, bound_problem
 
 EXIT_BAD_INPUT = 2
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -26,6 +26,20 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
+
+
+def bounded(name: str, base=int):
+    """An argparse type for an option outside TrainConfig: a number within the bounds of the
+    config field `name` (config.BOUNDS)."""
+    def parse(text: str):
+        value = base(text)
+        problem = bound_problem(name, value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem.split(" ", 1)[1])  # "must be ..., got ...: why"
+        return value
+
+    parse.__name__ = base.__name__  # argparse's "invalid int value" for text that is no number
+    return parse
 
 
 class Parser(argparse.ArgumentParser):
@@ -82,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = verbs.add_parser("demo", help="make a small data set, train on it, predict (the embedded default)")
     demo.add_argument("--out", default="alexnet-demo", help="folder for the demo data and run (default: alexnet-demo)")
-    demo.add_argument("--epochs", type=positive_int, default=12, help="epochs to train (default: 12)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the data and the run (default: 0)")
+    demo.add_argument("--epochs", type=bounded("epochs"), default=12, help="epochs to train (default: 12)")
+    demo.add_argument("--seed", type=bounded("seed"), default=0, help="seed of the data and the run (default: 0)")
     add_config_options(demo, ["device"])
 
     train = verbs.add_parser("train", help="train on DATA (one process, or one per GPU under torchrun)")
@@ -121,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="split to check (repeatable; default: every split folder present)")
     check.add_argument("--json", action="store_true", help="print JSON instead of text")
     add_config_options(check, [*DATA_OPTIONS, "device", "hw_decoder_load"])
-    check.add_argument("--threads", type=positive_int, default=None,
+    check.add_argument("--threads", type=bounded("dali_threads"), default=None,
                        help="decoder threads (default: every core on a CPU, the training cap on a GPU)")
     return parser
 
@@ -154,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
 def placement_from_args(args, threads: int | None = None):
     from .placement import place
 
-    if getattr(args, "dali_threads", 0) < 0:
-        raise ConfigError(f"--dali-threads must not be negative, got {args.dali_threads} (0: chosen for the machine)")
+    problem = bound_problem("dali_threads", getattr(args, "dali_threads", 0))
+    if problem:
+        raise ConfigError(f"--dali-threads {problem.split(' ', 1)[1]} (0: chosen for the machine)")
     return place(args.device, threads=threads if threads is not None else args.dali_threads,
                  hw_decoder_load=args.hw_decoder_load)
 
@@ -243,6 +258,7 @@ def run_evaluate(args) -> int:
     from .errors import DataError
     from .evaluate import evaluate_split
     from .log import setup_logging
+    from .resume import class_change
     from .state import load_state
 
     setup_logging(0, "stderr")
@@ -250,12 +266,13 @@ def run_evaluate(args) -> int:
     bundle = load_state(args.model).bundle
     root, labels, encoding = local_data(args, [args.split])
     split = index_dataset(root, labels, encoding, splits=(args.split,))[args.split]
+    if split.classes != bundle.classes:  # named as resume names them: the classes that moved, or differ
+        change = class_change(bundle.classes, split.classes)
+        advice = "" if "label encoding" in change else "; pass the label encoding the model was trained with"
+        raise DataError(f"the classes of {args.data} differ from the model's: {change}{advice}")
     bad = scan_split(split, root, placement)
     if bad:  # a bad file would stop DALI mid-pass: name them all first, as train does
         raise DataError(bad, f"{len(bad)} image(s) in {args.split!r} cannot be decoded")
-    if split.classes != bundle.classes:
-        raise DataError(f"the classes of {args.data} ({len(split.classes)}) differ from the model's "
-                        f"({len(bundle.classes)}); pass the label encoding the model was trained with")
     result = evaluate_split(bundle, split, placement, ten_crop=args.ten_crop, batch_size=args.batch_size,
                             precision=args.precision, compile=args.compile)
     if args.json:

@@ -25,6 +25,65 @@ class ConfigError(ValueError):
     """A configuration value (from the command line or the API) that cannot be used."""
 
 
+@dataclass(frozen=True)
+class Bound:
+    """The values a number option may take: what a real run needs, with the reason, so that a
+    typo (--prefetch 1000, --seed -1) is refused in one line before any work."""
+
+    low: float
+    high: float
+    why: str
+    low_open: bool = False  # low itself is refused
+    high_open: bool = False  # high itself is refused
+
+    def interval(self) -> str:
+        return f"{'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+    def holds(self, value) -> bool:
+        above_low = value > self.low if self.low_open else value >= self.low
+        below_high = value < self.high if self.high_open else value <= self.high
+        return above_low and below_high
+
+
+# Every number option (tests/test_learning.py checks that none is missing). None: not given.
+BOUNDS = {
+    "epochs": Bound(1, 10_000, "the paper trains about 90 epochs"),
+    "seed": Bound(0, 2**32 - 1, "a 32-bit seed, which numpy, torch and DALI all take"),
+    "checkpoint_every": Bound(0, 10_080, "minutes, at most a week"),
+    "dist_timeout": Bound(0, 1_440, "minutes, at most a day", low_open=True),
+    "batch_size": Bound(1, 65_536, "the largest ImageNet batches published are 32,768 (LARS)"),
+    "lr": Bound(0, 10, "the paper's 0.01 scaled to a batch of 65,536 is 5.12; far above, SGD diverges at once",
+                low_open=True),
+    "warmup_epochs": Bound(0, 100, "Goyal et al. warm up for 5 epochs; a longer ramp never ends in a real run"),
+    "momentum": Bound(0, 1, "at 1 or more the velocity never decays", high_open=True),
+    "weight_decay": Bound(0, 1, "SGD scales the weights by 1 - lr x decay a step; the paper's decay is 5e-4",
+                          high_open=True),
+    "lr_patience": Bound(0, 10_000, "epochs, as many as --epochs allows"),
+    "min_lr": Bound(0, 10, "an lr, bounded as --lr"),
+    "dropout": Bound(0, 1, "a probability; at 1 fc6 and fc7 pass nothing", high_open=True),
+    "init_bias": Bound(0, 10, "10x the paper's 1; far larger biases swamp the inputs and overflow"),
+    "lighting": Bound(0, 10, "the std of alpha, 100x the paper's 0.1"),
+    "pca_images": Bound(0, 2**31 - 1, "images; 0 or more than the split holds: every training image"),
+    "dali_threads": Bound(0, 1_024, "threads per process, more than a machine has cores; 100,000 aborts DALI"),
+    "prefetch": Bound(1, 32, "batches held ahead, each 600 KB an image (1,000 at batch 128 took 11.6 GB); "
+                             "DALI's default is 2"),
+    "hw_decoder_load": Bound(0, 1, "a share of the images"),
+}
+
+
+def bound_problem(name: str, value) -> str | None:
+    """Why `value` is outside the bounds of option `name` (BOUNDS), or None."""
+    bound = BOUNDS[name]
+    if value is None or bound.holds(value):
+        return None
+    if value < bound.low or (value == bound.low and bound.low_open):  # in the words of the usual cases
+        if bound.low == 0 and not bound.low_open:
+            return f"{name} must not be negative, got {value}"
+        if bound.low == 0 or (bound.low == 1 and isinstance(value, int)):
+            return f"{name} must be positive, got {value}"
+    return f"{name} must be in {bound.interval()}, got {value}: {bound.why}"
+
+
 def _opt(default, help: str, **extra):
     return field(default=default, metadata={"help": help, **extra})
 
@@ -100,30 +159,14 @@ class TrainConfig:
             object.__setattr__(self, name, absolute_location(getattr(self, name)))
         if self.device not in DEVICE_CHOICES:
             raise ConfigError(f"device must be {', '.join(DEVICE_CHOICES)}, got {self.device!r}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "prefetch": self.prefetch,
-                    "dist_timeout": self.dist_timeout}
-        for name, value in positive.items():
-            if value is not None and value <= 0:
-                raise ConfigError(f"{name} must be positive, got {value}")
-        non_negative = {
-            "momentum": self.momentum, "weight_decay": self.weight_decay, "lr_patience": self.lr_patience,
-            "min_lr": self.min_lr, "lighting": self.lighting, "pca_images": self.pca_images,
-            "dali_threads": self.dali_threads, "checkpoint_every": self.checkpoint_every,
-            "warmup_epochs": self.warmup_epochs,
-        }
-        for name, value in non_negative.items():
-            if value < 0:
-                raise ConfigError(f"{name} must not be negative, got {value}")
+        for name in BOUNDS:
+            problem = bound_problem(name, getattr(self, name))
+            if problem:
+                raise ConfigError(problem)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be {' or '.join(PRECISIONS)}, got {self.precision!r}")
         if self.groups not in (1, 2):
             raise ConfigError(f"groups must be 1 or 2, got {self.groups}")
-        if not 0.0 <= self.hw_decoder_load <= 1.0:
-            raise ConfigError(f"hw_decoder_load must be in [0, 1], got {self.hw_decoder_load}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.init_bias < 0.0:
-            raise ConfigError(f"init_bias must be at least 0, got {self.init_bias}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

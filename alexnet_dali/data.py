@@ -141,10 +141,13 @@ def index_labelled_split(tree, split: str, labels: dict[str, str], encoding: dic
     files, targets, seen_ids = [], [], {}
     for image in images:
         name = os.path.basename(image)
-        key = image_id(name, labels)
+        key, stem = image_id(name, labels), os.path.splitext(name)[0]
         if key is None:
-            stem = os.path.splitext(name)[0]
             problems.append(Problem(tree.name(image), f"unlabelled: neither {name!r} nor {stem!r} is in {labels_name}"))
+            continue
+        if key == name and stem in labels and labels[stem] != labels[name]:  # which one is meant?
+            problems.append(Problem(tree.name(image), f"labelled twice in {labels_name}: {name!r} as "
+                                                      f"{labels[name]!r} and {stem!r} as {labels[stem]!r}"))
             continue
         if key in seen_ids:
             problems.append(Problem(tree.name(image), f"duplicate image id {key!r}: also {tree.name(seen_ids[key])}"))

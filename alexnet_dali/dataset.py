@@ -20,6 +20,7 @@ from .log import logger
 from .pca import PCA, compute_pca, load_pca, pca_cache_name, sample_files, save_pca
 from .placement import Placement
 from .scan import CACHE_NAME, pixel_bounded_batch, scan_images
+from .schedule import batch_plan
 from .sources import cache_folder, local_copy, not_on_file_system
 
 EXCLUDED_FILE = "excluded.json"
@@ -80,6 +81,7 @@ def load_training_data(config: TrainConfig, dist_info: DistInfo, placement: Plac
                               "file system path (the data may stay where it is)")
     splits, root, not_images = index(config, dist_info)
     train, val = splits["train"], splits[config.val_split]
+    check_batch_fits(train, config, dist_info.world_size)  # before the scan and the PCA pass
     cache_dir = distributed.broadcast_object(writable_cache(cache_dirs(config, root)) if dist_info.is_main else None)
     # the ranks share the decoding of what rank 0's cache does not know
     scanned = scan_images(sorted({*train.files, *val.files}), placement, dist_info=dist_info, announce=True,
@@ -108,8 +110,22 @@ def load_training_data(config: TrainConfig, dist_info: DistInfo, placement: Plac
             raise DataError(f"--skip-bad left class(es) {names} without a training image: every one of their "
                             f"images is undecodable (listed in {Path(config.out) / EXCLUDED_FILE}); fix or "
                             "replace them, or remove the class")
+        check_batch_fits(train, config, dist_info.world_size)
     pca = training_pca(train, config, dist_info, placement, cache_dir)
     return TrainingData(train, val, pca, bad)
+
+
+def check_batch_fits(train: Split, config: TrainConfig, world_size: int) -> None:
+    """ConfigError where a process's batch is larger than its shard of the training split: DALI
+    would fill each step with repeats of the shard's last image (1000 at batch 1000 on 30 images),
+    at the lr of the whole batch."""
+    per_process = batch_plan(config, world_size)[0]
+    shard = len(train) // world_size  # the smallest shard (DALI's reader cuts at len x rank // world)
+    if per_process > shard:
+        share = f", {per_process} a process, more than its share of {shard}" if world_size > 1 else ""
+        largest = shard if config.per_gpu_batch else shard * world_size
+        raise ConfigError(f"batch_size {config.batch_size}{share} is larger than the training split "
+                          f"({len(train)} images): the largest batch that fits is {largest}")
 
 
 def training_pca(train: Split, config: TrainConfig, dist_info: DistInfo, placement: Placement,

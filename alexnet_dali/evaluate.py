@@ -21,7 +21,28 @@ TEN_VIEWS = 10  # the paper's test-time views an image (pipelines/tencrop.py's T
 
 def autocast(device: torch.device, precision: str):
     """bf16 autocast (fp32 weights, bf16 matmuls and convolutions), or nothing for fp32."""
+    if precision == "bf16" and device.type == "cpu":
+        say_bf16_is_slow_on_a_cpu()
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+_said_bf16_is_slow = False
+
+
+def say_bf16_is_slow_on_a_cpu() -> None:
+    """A warning, once a process (rank 0 alone under torchrun): bf16 buys no speed on a CPU. A
+    training step at batch 16 took 3-9% longer than fp32's on an AVX512-BF16 EPYC, and a run on
+    another CPU 6x longer (README, Train)."""
+    global _said_bf16_is_slow
+    if _said_bf16_is_slow:
+        return
+    _said_bf16_is_slow = True
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+        return
+    from .log import logger
+
+    logger.warning("bf16 on a CPU is no faster than fp32, and on some CPUs about 6x slower; use fp32 on a "
+                   "CPU (bf16 pays on tensor-core GPUs)")
 
 
 class FixedRows(nn.Module):

@@ -64,7 +64,8 @@ def parse_label_encoding(text: str, source: str) -> dict[str, int]:
 def encoding_from_labels(labels: Mapping[str, str]) -> dict[str, int]:
     """Without an encoding file: the labels sorted (numbers by value, before names), 0..K-1."""
     def order(label: str):
-        return (0, int(label), "") if label.isdigit() else (1, 0, label)
+        # ASCII digits only: "²".isdigit() is true, but int("²") fails
+        return (0, int(label), "") if label.isascii() and label.isdigit() else (1, 0, label)
 
     return {name: i for i, name in enumerate(sorted(set(labels.values()), key=order))}
 

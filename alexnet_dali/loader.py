@@ -2,8 +2,10 @@
 
 Epoch edges follow the reader (`reader_name`), never a hand-set size. Training uses FILL: the
 shard's last batch is topped up with repeats of its last image, so every image is seen every
-epoch and every rank takes the same number of steps (at most batch-1 repeats per rank and
-epoch). Evaluation uses PARTIAL: padded repeats are dropped, so each image counts exactly once.
+epoch and every rank takes the same number of steps; the repeats are trained on, but the
+training metrics count each image once (`own_images`), and a batch larger than a shard is
+refused (dataset.check_batch_fits). Evaluation uses PARTIAL: padded repeats are dropped, so each
+image counts exactly once.
 """
 
 from __future__ import annotations
@@ -48,14 +50,24 @@ class GpuHandOff:
 class DaliLoader:
     """Wraps one pipeline and DALI's PyTorch iterator, as (images, labels) batches on the device."""
 
-    def __init__(self, pipeline, policy: LastBatchPolicy):
+    def __init__(self, pipeline, policy: LastBatchPolicy, shard_images: int | None = None):
         self.pipeline = pipeline
         self.iterator = DALIGenericIterator([pipeline], ["images", "labels"], reader_name=READER_NAME,
                                             last_batch_policy=policy, auto_reset=True)
         self.hand_off = GpuHandOff()
+        self.shard_images = shard_images  # FILL: the images of this rank's shard, repeats not counted
 
     def __len__(self) -> int:
         return len(self.iterator)
+
+    def own_images(self, step: int) -> int:
+        """How many rows of batch `step` (0-based, in the epoch) are images of this shard, each
+        once: FILL tops up the shard's last batch (and, where another shard is longer, whole
+        batches) with repeats of its last image, at the end of the batch."""
+        batch = self.pipeline.max_batch_size
+        if self.shard_images is None:
+            return batch
+        return max(0, min(batch, self.shard_images - step * batch))
 
     def __iter__(self):
         for batch in self.iterator:
@@ -87,7 +99,12 @@ def training_loader(split: Split, pca: PCA, placement: Placement, dist: DistInfo
         batch_size=batch_size, seed=derived_seed(seed, 2, dist.rank), prefetch_queue_depth=prefetch, checkpoint=state,
     )
     pipe.build()
-    return DaliLoader(pipe, LastBatchPolicy.FILL)
+    return DaliLoader(pipe, LastBatchPolicy.FILL, shard_size(len(split), dist.rank, dist.world_size))
+
+
+def shard_size(images: int, shard_id: int, num_shards: int) -> int:
+    """The images of one shard: DALI's reader starts shard i at images x i // num_shards."""
+    return images * (shard_id + 1) // num_shards - images * shard_id // num_shards
 
 
 def evaluation_loader(split: Split, pca: PCA, placement: Placement, dist: DistInfo, *, batch_size: int,

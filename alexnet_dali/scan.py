@@ -177,7 +177,21 @@ def pixel_batches(pixels: Sequence[int | None], max_count: int, max_pixels: int)
 # "\x1b[0;31m[ERROR] \x1b[0m[libjpeg_turbo_decoder] Could not decode jpeg code stream - ...".
 # DALI_NVIMGCODEC_LOG_LEVEL cannot silence it (DALI clamps the level to 1, errors), so stderr is
 # captured around each decode call and these lines dropped; our own error names the file.
-NATIVE_LOG_LINE = re.compile(rb"^(\x1b\[[0-9;]*m)*\[(FATAL|ERROR|WARNING|INFO|DEBUG|TRACE)\] ")
+# Its pieces (colour, level, "[component] ", message) are written one at a time, so where several
+# decoder threads fail at once a line may start within another's, or hold two. Beside it, the
+# decoders it wraps print their own lines: libjpeg-turbo's "Input file read error" (a JPEG that
+# ends early), OpenCV's log and libtiff's messages (its fallback for other formats), and blank
+# lines between them. Every other line written meanwhile is passed on.
+NATIVE_LOG_LINE = re.compile(
+    rb"^(\x1b\[[0-9;]*m)*\[(FATAL|ERROR|WARNING|INFO|DEBUG|TRACE)\] "  # nvImageCodec's own line
+    rb"|\x1b\[[0-9;]*m\[(FATAL|ERROR|WARNING|INFO|DEBUG|TRACE)\] "  # ... which another piece began
+    rb"|^(\x1b\[[0-9;]*m)*\[?[a-z0-9_]*\] "  # ... the rest of one, from its "[component] " on
+    rb"|^Could not (decode jpeg code stream|retrieve image info from jpeg stream) - "  # ... its message alone
+    rb"|^Input file read error$"  # libjpeg-turbo
+    rb"|^\[ ?(FATAL|ERROR|WARN|INFO|DEBUG|VERBOSE):\d+@[\d.]+\] global "  # OpenCV
+    rb"|^TIFF\w*: "  # libtiff
+    rb"|^\s*$"
+)
 
 
 @contextmanager
@@ -239,7 +253,7 @@ def quiet_native_log():
                 os.close(state.saved_fd)
                 state.capture.seek(0)
                 kept = [line for line in state.capture.read().splitlines(keepends=True)
-                        if not NATIVE_LOG_LINE.match(line)]
+                        if not NATIVE_LOG_LINE.search(line.rstrip(b"\r\n"))]
                 state.capture.close()
                 state.capture = None
                 if kept:

@@ -147,7 +147,13 @@ def train_one_epoch(model, criterion, optimizer, loader: DaliLoader, progress: E
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        progress.counts.add(logits.detach(), labels, loss.detach() * labels.numel())
+        own = loader.own_images(progress.step)
+        if own == labels.numel():
+            progress.counts.add(logits.detach(), labels, loss.detach() * own)
+        else:  # FILL's repeats of the shard's last image are trained on, but each image counts once
+            own_logits, own_labels = logits.detach()[:own].float(), labels[:own]
+            progress.counts.add(own_logits, own_labels, nn.functional.cross_entropy(own_logits, own_labels,
+                                                                                    reduction="sum"))
         progress.step += 1
         bar.update(1)
         synced = progress.step % SYNC_EVERY == 0 or progress.step == len(loader)

@@ -175,3 +175,48 @@ def test_validation_indices_follow_the_training_folders(tmp_path):
 def test_flat_images_without_labels_explain_the_options(original_layout):
     message = error_of(lambda: index_dataset(original_layout["data"]))
     assert "--labels" in message and "class folders" in message
+
+
+def test_a_label_file_key_given_twice_with_two_labels_is_named(original_layout):
+    """json.loads keeps the last of two equal keys: "train_000" would silently become a dog."""
+    text = original_layout["labels"].read_text()
+    original_layout["labels"].write_text(text[:-1] + ', "train_000": "dog"}')  # it is "cat" earlier in the file
+    message = error_of(lambda: index_dataset(original_layout["data"], original_layout["labels"]))
+    assert str(original_layout["labels"]) in message
+    assert "key 'train_000' is given twice, as 'cat' and as 'dog'" in message
+    enc = original_layout["label_encoding"]
+    enc.write_text('{"cat": 0, "dog": 1, "cat": 1}')
+    assert "key 'cat' is given twice, as 0 and as 1" in error_of(lambda: read_label_encoding(enc))
+    enc.write_text('{"cat": 0, "dog": 1, "cat": 0}')  # the same value twice cannot be misread
+    assert read_label_encoding(enc) == {"cat": 0, "dog": 1}
+
+
+def test_an_image_labelled_by_its_full_name_and_by_its_stem_differently_is_named(tmp_path):
+    from alexnet_dali.check import check_dataset
+    from conftest import cpu_placement
+
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            write_image(root / split / f"{split}_{name}.jpg", 40, 40)
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"train_a": "x", "train_a.jpg": "y", "train_b": "y", "val_a": "x",
+                                  "val_b": "y", "val_b.jpg": "y"}))  # val_b: twice, but the same label
+    message = error_of(lambda: index_dataset(root, labels))
+    assert "train_a.jpg: labelled twice in" in message and "'train_a.jpg' as 'y' and 'train_a' as 'x'" in message
+    assert "val_b" not in message
+    report = check_dataset(root, labels, None, cpu_placement())
+    assert not report["ok"]
+    assert [Path(p["path"]).name for p in report["problems"]] == ["train_a.jpg"]
+
+
+def test_a_label_that_is_a_digit_but_no_number_sorts_as_a_name(tmp_path):
+    """"²".isdigit() is true, but int("²") fails: numbers are ASCII digits only."""
+    from alexnet_dali.labels import encoding_from_labels
+
+    assert encoding_from_labels({"a": "²", "b": "10", "c": "9", "d": "x"}) == {"9": 0, "10": 1, "x": 2, "²": 3}
+    root = tmp_path / "data"
+    write_image(root / "train" / "a.jpg", 40, 40)
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"a": "²"}))
+    assert index_dataset(root, labels, splits=("train",))["train"].classes == ("²",)

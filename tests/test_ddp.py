@@ -106,6 +106,32 @@ def test_each_epoch_covers_every_image_across_ranks(uneven, tmp_path):
         assert len(set(seen[0]) & set(seen[1])) == 0  # disjoint shards; the one repeat fills a batch
 
 
+
+@pytest.mark.parametrize("world, batch", [(2, 4), (3, 2)])
+def test_own_images_are_each_shards_images_once_and_the_rest_repeats(uneven, world, batch):
+    """11 images: shards of 5 and 6 (2 steps of 4), or of 3, 4 and 4 (2 steps of 2, the first
+    shard's last step one image and a repeat). The rows own_images counts are every image once."""
+    from alexnet_dali.data import Split
+    from alexnet_dali.loader import shard_size
+    from alexnet_dali.pca import PCA
+
+    files = tuple(sorted(str(p) for p in (uneven["data"] / "train").iterdir()))
+    indexed = Split("train", files, tuple(range(len(files))), ("cat", "dog"))
+    pca = PCA((0.5, 0.5, 0.5), (0.0, 0.0, 0.0), ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+    owned = []
+    for rank in range(world):
+        loader = training_loader(indexed, pca, cpu_placement(), cpu_rank(rank, world), batch_size=batch, seed=0,
+                                 lighting=0.0, prefetch=2)
+        mine = []
+        for step, (_, labels) in enumerate(loader):
+            own = loader.own_images(step)
+            mine += labels[:own].tolist()
+            assert set(labels[own:].tolist()) <= {mine[-1]}  # the rest repeat the shard's last image
+        assert len(mine) == len(set(mine)) == shard_size(len(files), rank, world)
+        owned += mine
+    assert sorted(owned) == list(range(len(files)))
+
+
 def test_validation_under_two_processes_equals_one_process(ddp_run, uneven):
     config, root, _ = ddp_run
     history = json.loads((Path(config.out) / "history.json").read_text())

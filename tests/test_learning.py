@@ -53,6 +53,62 @@ def test_cli_refuses_nan_options_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+
+NUMBER_FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if "float" in str(f.type) or "int" in str(f.type)]
+
+
+def test_every_number_option_has_bounds():
+    """A number option without an upper bound takes any typo (--prefetch 1000 took 11.6 GB);
+    groups is a choice (1 or 2), not a range."""
+    from alexnet_dali.config import BOUNDS
+
+    assert sorted(BOUNDS) == sorted(set(NUMBER_FIELDS) - {"groups"})
+    for name, bound in BOUNDS.items():
+        default = TrainConfig.__dataclass_fields__[name].default
+        assert default is None or bound.holds(default), name
+
+
+@pytest.mark.parametrize("option, value, refusal", [
+    ("--prefetch", "1000", "prefetch must be in [1, 32], got 1000: batches held ahead"),
+    ("--dali-threads", "100000", "dali_threads must be in [0, 1024], got 100000"),
+    ("--seed", "-1", "seed must not be negative, got -1"),
+    ("--seed", str(2**32), f"seed must be in [0, {2**32 - 1}], got {2**32}: a 32-bit seed"),
+    ("--init-bias", "1e30", "init_bias must be in [0, 10], got 1e+30"),
+    ("--warmup-epochs", "1e9", "warmup_epochs must be in [0, 100], got 1000000000.0"),
+    ("--epochs", "1000000", "epochs must be in [1, 10000], got 1000000"),
+    ("--momentum", "1", "momentum must be in [0, 1), got 1.0"),
+    ("--lr", "1e6", "lr must be in (0, 10], got 1000000.0"),
+    ("--dist-timeout", "1e12", "dist_timeout must be in (0, 1440], got 1000000000000.0"),
+])
+def test_numbers_out_of_bounds_are_refused_in_one_line_before_any_work(tmp_path, capsys, option, value, refusal):
+    from alexnet_dali.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", str(tmp_path / "data"), option, value, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {refusal}") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_the_api_and_the_other_verbs_refuse_numbers_out_of_bounds(tmp_path, capsys):
+    from alexnet_dali import AlexNet
+    from alexnet_dali.cli import main
+
+    with pytest.raises(ConfigError, match=r"^seed must be in \[0, 4294967295\], got 100000000000000000000000: "):
+        TrainConfig(seed=10**23)
+    with pytest.raises(ConfigError, match=r"^prefetch must be in \[1, 32\], got 1000"):
+        AlexNet(tmp_path / "data", prefetch=1000, device="cpu", out_dir=tmp_path / "run")  # data never read
+    for argv, refusal in ((["demo", "--seed", "-1"], "argument --seed: must not be negative, got -1"),
+                          (["check", "data", "--threads", "100000"], "argument --threads: must be in [0, 1024]")):
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        err = capsys.readouterr().err
+        assert stopped.value.code == 2 and refusal in err and err.count("\n") == 1, err
+    assert main(["predict", "m.pt", "a.jpg", "--dali-threads", "100000"]) == 2
+    assert capsys.readouterr().err.startswith("error: --dali-threads must be in [0, 1024], got 100000")
+    assert not (tmp_path / "run").exists()
+
+
 # -- Warmup -------------------------------------------------------------------------------------
 
 

@@ -218,6 +218,33 @@ def test_dali_log_lines_stay_out_of_stderr(tmp_path):
         assert "[ERROR]" not in result.stderr and ANSI_ESCAPE not in result.stderr, result.stderr
 
 
+
+def test_decoder_lines_stay_out_of_checks_output_and_nothing_else_is_hidden(tmp_path, capfd):
+    """JPEGs cut at 40 lengths, baseline and progressive, decoded by 2 threads at once: libjpeg-
+    turbo's "Input file read error" and nvImageCodec's lines, also where two threads' pieces
+    interleave, stay out; every bad file is named; what else reaches fd 2 meanwhile is passed on."""
+    from alexnet_dali.scan import quiet_native_log
+
+    data = make_class_folders(tmp_path / "data", per_split={"train": 2, "val": 1})
+    cut = []
+    for progressive in (False, True):
+        whole = write_image(tmp_path / "whole.jpg", 96, 80, progressive=progressive).read_bytes()
+        for length in range(2, len(whole), len(whole) // 40):
+            cut.append(data / "train" / "ant" / f"cut{int(progressive)}_{length}.jpg")
+            cut[-1].write_bytes(whole[:length])
+    checked = run_cli("check", data, "--device", "cpu", "--threads", "2")
+    assert checked.returncode == 1 and f"checked {len(cut) + 6} images" in checked.stdout
+    assert {line.split(": ")[0] for line in checked.stdout.splitlines() if ": " in line} >= set(map(str, cut))
+    for native in ("Input file read error", "Could not", "[ERROR]", ANSI_ESCAPE):
+        assert native not in checked.stderr, checked.stderr
+    capfd.readouterr()
+    with quiet_native_log():
+        os.write(2, b"Input file read error\n\x1b[0;31m[ERROR] \x1b[0m[jpeg_parser] Invalid marker\n")
+        os.write(2, b"a line of ours\n")
+        print("warning: one of ours too", file=sys.stderr, flush=True)
+    assert sorted(capfd.readouterr().err.splitlines()) == ["a line of ours", "warning: one of ours too"]
+
+
 # -- 7 (second half): Ctrl-C during the pre-training scan -------------------------------------------------
 
 def test_ctrl_c_during_the_scan_exits_130_with_one_line_and_keeps_what_was_scanned(tmp_path, huge_jpeg):

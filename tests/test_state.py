@@ -225,3 +225,36 @@ def test_one_visible_gpu_is_cuda_0_whatever_the_local_rank(monkeypatch):
     assert gpu_for(1) == torch.device("cuda", 1)
     with pytest.raises(ConfigError, match="local rank 3 has no GPU: this process sees 2"):
         gpu_for(3)
+
+
+def test_evaluate_with_permuted_classes_names_the_classes_that_moved(bf16_model, tmp_path, capsys):
+    from alexnet_dali.cli import main
+
+    path, data = bf16_model
+    permuted = tmp_path / "permuted.json"
+    permuted.write_text(json.dumps({"bee": 0, "ant": 1}))
+    assert main(["evaluate", str(path), str(data), "--label-encoding", str(permuted), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'ant' 0 -> 1" in err and "'bee' 1 -> 0" in err, err
+    assert "pass the label encoding the model was trained with" in err
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"ant": 0, "bee": 1, "cow": 2}))
+    assert main(["evaluate", str(path), str(data), "--label-encoding", str(other), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "['ant', 'bee'] -> ['ant', 'bee', 'cow']" in err and "label encoding the model was trained with" in err
+
+
+def test_bf16_on_a_cpu_is_said_to_be_slow_once(bf16_model, capsys, monkeypatch):
+    """4 images at batch 1: four bf16 batches on the CPU, one warning; none in fp32."""
+    import alexnet_dali.evaluate
+    from alexnet_dali.cli import main
+
+    path, data = bf16_model
+    monkeypatch.setattr(alexnet_dali.evaluate, "_said_bf16_is_slow", False)
+    assert main(["evaluate", str(path), str(data), "--device", "cpu", "--batch-size", "1", "--precision", "fp32"]) == 0
+    assert "slow" not in capsys.readouterr().err
+    assert main(["evaluate", str(path), str(data), "--device", "cpu", "--batch-size", "1"]) == 0
+    assert main(["evaluate", str(path), str(data), "--device", "cpu", "--batch-size", "1"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "bf16" in line]
+    assert warnings == ["warning: bf16 on a CPU is no faster than fp32, and on some CPUs about 6x slower; use "
+                        "fp32 on a CPU (bf16 pays on tensor-core GPUs)"]

@@ -209,3 +209,87 @@ def test_cli_demo_makes_data_trains_predicts_and_saves(tmp_path):
     assert model.classes == ("stripes", "columns", "rings", "checks", "diagonals")
     again = run_cli("demo", "--out", demo, "--epochs", "1")
     assert again.returncode == 2 and "already holds a demo run" in again.stderr
+
+
+class RecordedLabels:
+    """A training loader that records the labels of every batch it gives."""
+
+    def __init__(self, loader):
+        self.loader, self.labels = loader, []
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            self.labels.append(labels)
+            yield images, labels
+
+
+def test_training_metrics_count_each_image_once_not_the_padded_repeats(tmp_path):
+    """6 images at batch 4: DALI's second batch holds 2 images and 2 repeats of the last one.
+    Top-1 and the image count are those of the 6 images, each counted at its first sight."""
+    from tqdm import tqdm
+
+    from alexnet_dali.data import Split
+    from alexnet_dali.distributed import DistInfo
+    from alexnet_dali.loader import training_loader
+    from alexnet_dali.metrics import Counts
+    from alexnet_dali.pca import PCA
+    from alexnet_dali.schedule import Warmup
+    from alexnet_dali.train import EpochProgress, StepControl, train_one_epoch
+    from conftest import write_image
+
+    files = tuple(str(write_image(tmp_path / f"{i}.jpg", 64, 64, seed=i)) for i in range(6))
+    split = Split("train", files, tuple(range(6)), tuple(map(str, range(6))))  # a class per image: labels name them
+    pca = PCA((0.5, 0.5, 0.5), (0.0, 0.0, 0.0), ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+    loader = RecordedLabels(training_loader(split, pca, cpu_placement(), DistInfo(), batch_size=4, seed=0,
+                                            lighting=0.0, prefetch=2))
+    torch.manual_seed(0)
+    net = AlexNetModule(6)
+    predicted = []  # the class the network gave every row it saw
+    net.register_forward_hook(lambda module, inputs, output: predicted.append(output.argmax(dim=1)))
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-4)
+    progress = EpochProgress(Counts(torch.device("cpu")))
+    with StepControl(0, DistInfo(), torch.device("cpu")) as control, tqdm(disable=True) as bar:
+        train_one_epoch(net, torch.nn.CrossEntropyLoss(), optimizer, loader, progress, precision="fp32",
+                        warmup=Warmup(optimizer, 1e-4, 0), control=control, on_sync=lambda p, images: None,
+                        on_checkpoint=lambda p, seconds: None, bar=bar)
+    rows = list(zip(torch.cat(loader.labels).tolist(), torch.cat(predicted).tolist()))
+    assert len(rows) == 8  # two full batches went through the network
+    right_at_first_sight = {}
+    for label, guess in rows:
+        right_at_first_sight.setdefault(label, guess == label)
+    assert sorted(right_at_first_sight) == list(range(6))
+    assert progress.counts.images == 6
+    assert progress.counts.rates()[1] == pytest.approx(sum(right_at_first_sight.values()) / 6)
+
+
+def test_a_batch_larger_than_a_shard_of_the_training_split_is_refused_before_any_work(original_layout, tmp_path,
+                                                                                     capsys):
+    """8 training images: batch 1000 would be 992 repeats of one image a step, at lr 0.078."""
+    from alexnet_dali import AlexNet
+    from alexnet_dali.cli import main
+    from alexnet_dali.data import index_dataset
+    from alexnet_dali.dataset import check_batch_fits
+    from conftest import train_args
+
+    argv = [str(a) for a in train_args(original_layout, tmp_path / "run", "--batch-size", "1000")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == "error: batch_size 1000 is larger than the training split (8 images): the largest batch that " \
+                  "fits is 8\n"
+    assert not (original_layout["data"] / ".alexnet-dali").exists()  # neither the scan nor the PCA pass ran
+    with pytest.raises(ConfigError, match=r"^batch_size 9 is larger than the training split \(8 images\)"):
+        AlexNet(original_layout["data"], original_layout["labels"], original_layout["label_encoding"], batch_size=9,
+                device="cpu", out_dir=tmp_path / "api")
+    train_split = index_dataset(original_layout["data"], original_layout["labels"])["train"]
+    check_batch_fits(train_split, TrainConfig(batch_size=8), 1)  # the whole split in one step
+    check_batch_fits(train_split, TrainConfig(batch_size=6), 3)  # 2 a process, shards of 2, 3 and 3
+    with pytest.raises(ConfigError, match="batch_size 9, 3 a process, more than its share of 2 .* is 6"):
+        check_batch_fits(train_split, TrainConfig(batch_size=9), 3)
+    with pytest.raises(ConfigError, match="batch_size 3, 3 a process, more than its share of 2 .* is 2"):
+        check_batch_fits(train_split, TrainConfig(batch_size=3, per_gpu_batch=True), 3)
