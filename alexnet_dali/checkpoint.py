@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
 from .log import logger
 
 FORMAT = "alexnet-dali-checkpoint"
@@ -32,8 +33,8 @@ BEST = "best.pt"
 HISTORY = "history.json"  # written by the trainer beside the checkpoints
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint or run directory that cannot be used as asked: names the file and what to do."""
 
 
 def temporary_name(path: Path) -> Path:
