@@ -13,7 +13,7 @@ import sys
 import typing
 
 from . import __version__
-from .config import ConfigError, InferenceOptions, TrainConfig
+from .config import InferenceOptions, TrainConfig
 from .errors import UserError
 
 EXIT_BAD_INPUT = 2
@@ -150,8 +150,6 @@ def main(argv: list[str] | None = None) -> int:
 def placement_from_args(args, threads: int | None = None):
     from .placement import place
 
-    if getattr(args, "dali_threads", 0) < 0:
-        raise ConfigError(f"--dali-threads must not be negative, got {args.dali_threads} (0: chosen for the machine)")
     return place(args.device, threads=threads if threads is not None else args.dali_threads,
                  hw_decoder_load=args.hw_decoder_load)
 

@@ -142,8 +142,8 @@ class TrainConfig:
 
 # The fields whose every value must be above 0, or at least 0 (None: the default rule).
 POSITIVE = ("epochs", "batch_size", "lr", "prefetch", "dist_timeout")
-NON_NEGATIVE = ("momentum", "weight_decay", "lr_patience", "min_lr", "lighting", "pca_images", "dali_threads",
-                "checkpoint_every", "warmup_epochs")
+NON_NEGATIVE = ("momentum", "weight_decay", "lr_patience", "min_lr", "lighting", "pca_images", "checkpoint_every",
+                "warmup_epochs")  # and dali_threads, which place() checks for every verb
 SHAPE = ("groups", "dropout", "init_bias")  # checked by the network itself (model.check_args)
 
 

@@ -67,6 +67,8 @@ def place(preference: str, *, threads: int, hw_decoder_load: float, local_rank: 
           local_world_size: int = 1) -> Placement:
     """The placement for `--device auto|cpu|gpu`; threads=0 chooses for the machine."""
     check_values({"device": preference, "hw_decoder_load": hw_decoder_load})  # predict and evaluate build no config
+    if threads < 0:  # the one check of --dali-threads, for every verb
+        raise ConfigError(f"--dali-threads must not be negative, got {threads} (0: chosen for the machine)")
     if preference == "gpu" and not torch.cuda.is_available():
         raise ConfigError("--device gpu was asked for, but torch sees no CUDA GPU on this machine")
     on_gpu = preference == "gpu" or (preference == "auto" and torch.cuda.is_available())

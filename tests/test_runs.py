@@ -447,6 +447,18 @@ def test_bad_numbers_are_usage_errors_in_one_line(argv, option, capsys):
     assert f"alexnet-dali {argv[0]}: error: argument {option}" in captured.err and f"{argv[0]} --help" in captured.err
 
 
+def test_the_cli_catches_one_base_for_user_errors_and_a_divergence_is_not_a_config_error():
+    import inspect
+
+    from alexnet_dali import cli
+    from alexnet_dali.errors import DataError, UserError
+    from alexnet_dali.schedule import TrainingDiverged
+
+    assert all(issubclass(error, UserError) for error in (ConfigError, DataError, CheckpointError, TrainingDiverged))
+    assert not issubclass(TrainingDiverged, ConfigError)
+    assert "except UserError as e:" in inspect.getsource(cli.main)
+
+
 def test_negative_dali_threads_for_prediction_is_an_error(capsys):
     from alexnet_dali.cli import main
 
