@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
 from .log import logger
 
 FORMAT = "alexnet-dali-checkpoint"
@@ -37,8 +38,8 @@ HISTORY = "history.json"  # written by the trainer beside the checkpoints
 DIGEST = "tensor_crc32"  # where -> CRC-32 of the tensor's bytes, for every tensor in the file
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint or run directory that cannot be used as asked: names the file and what to do."""
 
 
 def temporary_name(path: Path) -> Path:

@@ -13,7 +13,8 @@ import sys
 import typing
 
 from . import __version__
-from .config import ConfigError, TrainConfig, bound_problem
+from .config import InferenceOptions, TrainConfig, bound_problem
+from .errors import UserError
 
 EXIT_BAD_INPUT = 2
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -50,15 +51,17 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def add_config_options(parser: argparse.ArgumentParser, names, *, defaults: dict | None = None,
+def add_config_options(parser: argparse.ArgumentParser, names, *, options=TrainConfig, defaults: dict | None = None,
                        only_given: bool = False) -> None:
-    """One option per named TrainConfig field, with its type, default and help text (`defaults`
-    replaces a field's default for this verb: (value, what to show)). With `only_given`, options
-    left out stay out of the parsed arguments (the config's defaults fill them in later), so that
-    a resumed run can tell what its command asked for from what it did not say."""
-    hints = typing.get_type_hints(TrainConfig)
+    """One option per named field of the dataclass `options` (TrainConfig, InferenceOptions), with
+    its type, default and help text (`defaults` replaces a field's default for this verb: (value,
+    what to show)). With `only_given`, options left out stay out of the parsed arguments (the
+    config's defaults fill them in later), so that a resumed run can tell what its command asked
+    for from what it did not say."""
+    hints = typing.get_type_hints(options)
+    fields = {f.name: f for f in dataclasses.fields(options)}
     for name in names:
-        f = FIELDS[name]
+        f = fields[name]
         flag = "--" + name.replace("_", "-")
         default, shown = (defaults or {}).get(name, (f.default, f.default))
         if only_given:
@@ -68,6 +71,8 @@ def add_config_options(parser: argparse.ArgumentParser, names, *, defaults: dict
             parser.add_argument(flag, action="store_true", default=default, help=help_text)
             continue
         base = next((a for a in typing.get_args(hints[name]) if a is not type(None)), hints[name])
+        if f.metadata.get("minimum") == 1:
+            base = positive_int
         choices = f.metadata.get("choices")
         if "default" not in help_text and shown is not None:  # None: the help says what happens
             help_text += f" (default: {shown})"
@@ -106,27 +111,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Prediction: the model's own precision unless told; images per batch, not a global batch.
     inference = {"precision": (None, "the precision the model was trained in")}
-    compile_help = ("torch.compile the network (ten views an image make the network the likely limit on a GPU: "
-                    "benchmarks/predict.py's +compile row); compiling takes a minute at the start")
     predict = verbs.add_parser("predict", help="ten-crop predictions for images with a saved model")
     predict.add_argument("model", help="a checkpoint (last.pt, best.pt) or a file from AlexNet.save")
     predict.add_argument("images", nargs="+", help="image files; a folder (or an s3:// prefix) stands for its images")
-    predict.add_argument("--topk", type=positive_int, default=5, help="classes shown per image (default: 5)")
-    predict.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_config_options(predict, ["topk", "json"], options=InferenceOptions)
     add_config_options(predict, [*DEVICE_OPTIONS, "precision"], defaults=inference)
-    predict.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default: 32)")
-    predict.add_argument("--compile", action="store_true", help=compile_help)
+    add_config_options(predict, ["batch_size", "compile"], options=InferenceOptions)
 
     evaluate = verbs.add_parser("evaluate", help="top-1 / top-5 accuracy and error of a model on a split")
     evaluate.add_argument("model", help="a checkpoint (last.pt, best.pt) or a file from AlexNet.save")
     evaluate.add_argument("data", help="data root, http(s) URL (the split is downloaded into the cache) or "
                                        "s3://bucket/prefix (read from the bucket)")
-    evaluate.add_argument("--split", default="val", help="split to evaluate (default: val)")
-    evaluate.add_argument("--ten-crop", action="store_true", help="average ten views per image (the paper's test)")
-    evaluate.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_config_options(evaluate, ["split", "ten_crop", "json"], options=InferenceOptions)
     add_config_options(evaluate, [*DATA_OPTIONS, *DEVICE_OPTIONS, "precision"], defaults=inference)
-    evaluate.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default: 32)")
-    evaluate.add_argument("--compile", action="store_true", help=compile_help)
+    add_config_options(evaluate, ["batch_size", "compile"], options=InferenceOptions)
 
     check = verbs.add_parser("check", help="does every image decode, is every image labelled?")
     check.add_argument("data", help="data root, http(s) URL (the splits are downloaded into the cache) or "
@@ -141,15 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .checkpoint import CheckpointError
-    from .errors import DataError
     from .scan import ScanInterrupted
     from .train import TrainingInterrupted
 
     args = build_parser().parse_args(argv)
     try:
         return VERBS[args.verb](args)
-    except (DataError, CheckpointError, ConfigError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingInterrupted as e:
@@ -168,9 +164,6 @@ def main(argv: list[str] | None = None) -> int:
 def placement_from_args(args, threads: int | None = None):
     from .placement import place
 
-    problem = bound_problem("dali_threads", getattr(args, "dali_threads", 0))
-    if problem:
-        raise ConfigError(f"--dali-threads {problem.split(' ', 1)[1]} (0: chosen for the machine)")
     return place(args.device, threads=threads if threads is not None else args.dali_threads,
                  hw_decoder_load=args.hw_decoder_load)
 

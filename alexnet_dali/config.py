@@ -10,6 +10,8 @@ import types
 import typing
 from dataclasses import dataclass, field
 
+from .errors import UserError
+
 
 # 1.0, not DALI's 0.65 (tuned on an A100): on an H100, 22,900 images/s against 12,900 at 8 threads
 # (an H200: 17,300 against 10,600; benchmarks/RESULTS.md). GPUs without the hardware decoder ignore it.
@@ -21,7 +23,7 @@ INIT_BIAS = 0.1
 INIT_BIAS_BEFORE_THE_OPTION = 1.0
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value (from the command line or the API) that cannot be used."""
 
 
@@ -84,7 +86,16 @@ def bound_problem(name: str, value) -> str | None:
     return f"{name} must be in {bound.interval()}, got {value}: {bound.why}"
 
 
+# What a resumed run (resume.py) does with an option given again with another value. Every
+# TrainConfig field names one, so none is refused by being forgotten.
+CHANGES = "may change on resume"  # takes effect from now on, and is reported
+COMMAND = "this command's alone"  # where and how fast this command runs: never compared
+FIXES = "fixes the run"  # the network, the seed, the augmentation, the global batch: refused
+RESUME_RULES = (CHANGES, COMMAND, FIXES)
+
+
 def _opt(default, help: str, **extra):
+    """A field declared with its command-line help and its rules (`resume=`, `choices=`, ...)."""
     return field(default=default, metadata={"help": help, **extra})
 
 
@@ -95,60 +106,69 @@ DEVICE_CHOICES = ("auto", "cpu", "gpu")
 @dataclass(frozen=True)
 class TrainConfig:
     # Data
-    data: str = _opt("", "data root (or http(s) URL): DATA/train, DATA/val, ... in either layout")
-    labels: str | None = _opt(None, "JSON mapping image id -> label (the original project's layout)")
-    label_encoding: str | None = _opt(None, "JSON mapping label -> class index (default: sorted labels)")
-    val_split: str = _opt("val", "name of the validation split folder")
-    cache_dir: str | None = _opt(None, "where URL data sets are downloaded (default: ~/.cache/alexnet-dali)")
-    refresh: bool = _opt(False, "URL data: ask the server whether each cached image changed (a conditional GET each)")
-    skip_bad: bool = _opt(False, "exclude images that fail the pre-training scan (recorded in the run directory)")
+    data: str = _opt("", "data root (or http(s) URL): DATA/train, DATA/val, ... in either layout", resume=CHANGES)
+    labels: str | None = _opt(None, "JSON mapping image id -> label (the original project's layout)", resume=CHANGES)
+    label_encoding: str | None = _opt(None, "JSON mapping label -> class index (default: sorted labels)",
+                                      resume=CHANGES)
+    val_split: str = _opt("val", "name of the validation split folder", resume=CHANGES)
+    cache_dir: str | None = _opt(None, "where URL data sets are downloaded (default: ~/.cache/alexnet-dali)",
+                                 resume=COMMAND)
+    refresh: bool = _opt(False, "URL data: ask the server whether each cached image changed (a conditional GET each)",
+                         resume=COMMAND)
+    skip_bad: bool = _opt(False, "exclude images that fail the pre-training scan (recorded in the run directory)",
+                          resume=CHANGES)
 
     # Run
-    out: str = _opt("runs/alexnet", "run directory: checkpoints, history.json, TensorBoard logs")
-    epochs: int = _opt(90, "total epochs (the paper: about 90)")
+    out: str = _opt("runs/alexnet", "run directory: checkpoints, history.json, TensorBoard logs", resume=COMMAND)
+    epochs: int = _opt(90, "total epochs (the paper: about 90)", resume=CHANGES)
     device: str = _opt("auto", "where decoding, augmentation and the network run (auto: a GPU if there is one)",
-                       choices=DEVICE_CHOICES)
-    seed: int = _opt(0, "run seed: model init, DALI augmentation and shuffling derive from it")
+                       choices=DEVICE_CHOICES, resume=COMMAND)
+    seed: int = _opt(0, "run seed: model init, DALI augmentation and shuffling derive from it", resume=FIXES)
     resume: bool = _opt(False, "continue from OUT/last.pt, with the run's options where none are given "
-                               "(automatic after a torchrun restart)")
-    checkpoint_every: float = _opt(0.0, "minutes between mid-epoch checkpoints (0: at epoch ends only)")
+                               "(automatic after a torchrun restart)", resume=COMMAND)
+    checkpoint_every: float = _opt(0.0, "minutes between mid-epoch checkpoints (0: at epoch ends only)",
+                                   resume=CHANGES)
     dist_timeout: float = _opt(5.0, "minutes joining the process group waits for every rank (torchrun) before it stops "
-                                    "with a line naming the missing ranks")
+                                    "with a line naming the missing ranks", resume=COMMAND)
 
     # Optimisation (section 5 of the paper)
-    batch_size: int = _opt(128, "global batch: images per step summed over all processes")
-    per_gpu_batch: bool = _opt(False, "treat --batch-size as per process and scale lr by the world size")
+    batch_size: int = _opt(128, "global batch: images per step summed over all processes", resume=FIXES)
+    per_gpu_batch: bool = _opt(False, "treat --batch-size as per process and scale lr by the world size",
+                               resume=FIXES)
     lr: float | None = _opt(None, "initial learning rate for the batch --batch-size names; not given: the paper's "
-                                  "0.01 scaled to the global batch, 0.01 x batch / 128")
+                                  "0.01 scaled to the global batch, 0.01 x batch / 128", resume=CHANGES)
     warmup_epochs: float = _opt(0.0, "epochs (fractions allowed) of linear warmup: lr rises step by step from near 0 "
-                                     "to its value; the plateau rule starts after it (0: none, as in the paper)")
-    momentum: float = _opt(0.9, "SGD momentum")
-    weight_decay: float = _opt(5e-4, "SGD weight decay")
-    lr_patience: int = _opt(5, "epochs without a lower validation error before lr is divided by 10")
-    min_lr: float = _opt(1e-6, "lr is never reduced below this")
+                                     "to its value; the plateau rule starts after it (0: none, as in the paper)",
+                               resume=FIXES)
+    momentum: float = _opt(0.9, "SGD momentum", resume=CHANGES)
+    weight_decay: float = _opt(5e-4, "SGD weight decay", resume=CHANGES)
+    lr_patience: int = _opt(5, "epochs without a lower validation error before lr is divided by 10",
+                            resume=CHANGES)
+    min_lr: float = _opt(1e-6, "lr is never reduced below this", resume=CHANGES)
 
     # Model and augmentation
-    groups: int = _opt(1, "1: one tower; 2: the paper's two-tower connectivity in conv2/4/5")
-    dropout: float = _opt(0.5, "dropout probability in fc6 and fc7")
+    groups: int = _opt(1, "1: one tower; 2: the paper's two-tower connectivity in conv2/4/5", resume=FIXES)
+    dropout: float = _opt(0.5, "dropout probability in fc6 and fc7", resume=FIXES)
     # Caffe's reference AlexNet (bvlc_alexnet) starts these biases at 0.1: "found necessary for
     # training, as initialization to 1 gave flat loss". Measured here: on few classes, 1 makes the
     # output's class prior swing (loss 3-5x chance in epochs 2-3); 0.1 does not (README, Train).
     init_bias: float = _opt(INIT_BIAS, "bias of conv2, conv4, conv5, fc6 and fc7 at initialisation (Caffe's "
-                                       "reference AlexNet: 0.1; the paper: 1)")
+                                       "reference AlexNet: 0.1; the paper: 1)", resume=FIXES)
     precision: str = _opt("fp32", "bf16: bf16 autocast for the forward pass and loss (weights, gradients and SGD "
-                                  "stay fp32); benchmarks/train.py measures both", choices=PRECISIONS)
-    compile: bool = _opt(False, "torch.compile the network for the training steps (on an H100 in bf16 the trainer ran "
-                                "at 12,300 images/s with it, 6,900 without); compiling takes about half a minute at the "
-                                "start, and validation runs the network as it is")
-    lighting: float = _opt(0.1, "std of the PCA lighting coefficients alpha (0 disables)")
-    pca_images: int = _opt(10000, "images sampled for the RGB PCA (0: every training image)")
+                                  "stay fp32); benchmarks/train.py measures both", choices=PRECISIONS, resume=CHANGES)
+    compile: bool = _opt(False, "torch.compile the network for the training steps (benchmarks/RESULTS.md measures "
+                                "what it gains); compiling takes a while at the start, and validation runs the network "
+                                "as it is", resume=COMMAND)
+    lighting: float = _opt(0.1, "std of the PCA lighting coefficients alpha (0 disables)", resume=FIXES)
+    pca_images: int = _opt(10000, "images sampled for the RGB PCA (0: every training image)", resume=FIXES)
 
     # Input pipeline
-    dali_threads: int = _opt(0, "DALI CPU worker threads per process (0: chosen for the machine)")
-    prefetch: int = _opt(2, "batches DALI prepares ahead of the model")
+    dali_threads: int = _opt(0, "DALI CPU worker threads per process (0: chosen for the machine)",
+                             resume=COMMAND)
+    prefetch: int = _opt(2, "batches DALI prepares ahead of the model", resume=COMMAND)
     hw_decoder_load: float = _opt(HW_DECODER_LOAD, "GPU: share of the JPEGs sent to the hardware decoder (A100, H100, H200; "
                                        "the rest go to nvJPEG on the CUDA cores; on an A100 try DALI's 0.65); "
-                                       "benchmarks/pipeline.py measures it")
+                                       "benchmarks/pipeline.py measures it", resume=COMMAND)
 
     def __post_init__(self):
         check_types(self)
@@ -157,16 +177,7 @@ class TrainConfig:
         # none) when the run is resumed or loaded from another working directory.
         for name in ("data", "labels", "label_encoding"):
             object.__setattr__(self, name, absolute_location(getattr(self, name)))
-        if self.device not in DEVICE_CHOICES:
-            raise ConfigError(f"device must be {', '.join(DEVICE_CHOICES)}, got {self.device!r}")
-        for name in BOUNDS:
-            problem = bound_problem(name, getattr(self, name))
-            if problem:
-                raise ConfigError(problem)
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be {' or '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.groups not in (1, 2):
-            raise ConfigError(f"groups must be 1 or 2, got {self.groups}")
+        check_values(self.to_dict())
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -200,6 +211,63 @@ def absolute_location(location: str | None) -> str | None:
     if not location or not kind_of(location).on_file_system:
         return location
     return os.path.abspath(location)
+
+
+SHAPE = ("groups", "dropout", "init_bias")  # checked by the network itself (model.check_args)
+
+
+def check_values(values: dict) -> None:
+    """The one check of each option's value, for the fields `values` names: TrainConfig runs it on
+    all of them, `place` on the device options that predict, evaluate and check take alone."""
+    for name, value in values.items():
+        problem = bound_problem(name, value) if name in BOUNDS else None
+        if problem:
+            raise ConfigError(problem)
+    for name, allowed in (("device", DEVICE_CHOICES), ("precision", PRECISIONS)):
+        if name in values and values[name] not in allowed:
+            raise ConfigError(f"{name} must be {_either(allowed)}, got {values[name]!r}")
+    shape = {name: values[name] for name in SHAPE if name in values}
+    if shape:
+        from .model import check_args  # torch: only where a network's options are checked
+
+        try:
+            check_args(**shape)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+def _either(allowed) -> str:
+    return ", ".join(allowed[:-1]) + " or " + allowed[-1] if len(allowed) > 1 else allowed[0]
+
+
+def check_resume_rules(config_class) -> None:
+    """TypeError naming the fields that declare no resume rule: one would be refused on resume
+    with no word why (checked when this module loads, so a new option cannot forget its rule)."""
+    unruled = [f.name for f in dataclasses.fields(config_class) if f.metadata.get("resume") not in RESUME_RULES]
+    if unruled:
+        raise TypeError(f"{config_class.__name__} fields without a resume rule: {', '.join(unruled)}")
+
+
+check_resume_rules(TrainConfig)
+
+
+def with_resume_rule(rule: str) -> tuple[str, ...]:
+    """The TrainConfig fields whose resume rule is `rule` (CHANGES, COMMAND or FIXES)."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resume"] == rule)
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """The options of predict and evaluate besides the device ones they share with train: this
+    command's alone, recorded nowhere. Declared here so that the CLI builds them as it builds train's."""
+
+    batch_size: int = _opt(32, "images per batch", minimum=1)
+    compile: bool = _opt(False, "torch.compile the network (ten views an image make the network the likely limit on "
+                                "a GPU: benchmarks/predict.py's +compile row); compiling takes a while at the start")
+    topk: int = _opt(5, "classes shown per image", minimum=1)
+    split: str = _opt("val", "split to evaluate")
+    ten_crop: bool = _opt(False, "average ten views per image (the paper's test)")
+    json: bool = _opt(False, "print JSON instead of text")
 
 
 def check_types(config) -> None:

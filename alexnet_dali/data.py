@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 from .errors import DataError, Problem
 from .imagenet import IMAGENET_TREE, SYNSET_MAPPING, parse_solution_csv, parse_synset_mapping, solution_name
-from .labels import (classes_from_encoding, encoding_from_labels, image_id, parse_label_encoding,
+from .labels import (class_label, classes_from_encoding, encoding_from_labels, image_id, parse_label_encoding,
                      parse_labels)
 from .log import logger
 from .sources import join, open_source, read_label_text
@@ -56,9 +56,7 @@ class Split:
         return replace(self, files=tuple(f for f, _ in kept), labels=tuple(y for _, y in kept))
 
     def class_label(self, index: int) -> str:
-        """What to show a person: "n01440764 tench, Tinca tinca" where a name is known, else the class."""
-        name = self.class_names[index] if self.class_names else ""
-        return f"{self.classes[index]} {name}" if name else self.classes[index]
+        return class_label(self.classes, self.class_names, index)
 
 
 def is_image_name(name: str) -> bool:

@@ -108,9 +108,7 @@ def evaluate_split(bundle, split, placement, *, ten_crop: bool, batch_size: int,
     from .loader import evaluation_loader
 
     precision = precision or bundle.precision
-    net = bundle.net.to(placement.device)
-    if placement.on_gpu:
-        net = net.to(memory_format=torch.channels_last)  # the GPU pipelines give NHWC
+    net = placement.put_model(bundle.net)
     loader = evaluation_loader(split, bundle.pca, placement, DistInfo(), batch_size=batch_size, prefetch=2,
                                ten_crop=ten_crop)
     views = TEN_VIEWS if ten_crop else 1

@@ -72,3 +72,10 @@ def encoding_from_labels(labels: Mapping[str, str]) -> dict[str, int]:
 
 def classes_from_encoding(encoding: Mapping[str, int]) -> tuple[str, ...]:
     return tuple(label for label, _ in sorted(encoding.items(), key=lambda item: item[1]))
+
+
+def class_label(classes: tuple[str, ...], class_names: tuple[str, ...], index: int) -> str:
+    """What to show a person for class `index`: "n01440764 tench, Tinca tinca" where a
+    human-readable name is known, else the class (a data split and a model both show it so)."""
+    name = class_names[index] if class_names else ""
+    return f"{classes[index]} {name}" if name else classes[index]

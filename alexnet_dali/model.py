@@ -36,10 +36,28 @@ INPUT_SIZE = 224
 BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
 CAFFE_INIT_BIAS = 0.1
 
+# The options that shape the network besides its class count: what a checkpoint's "arch" records
+# (with num_classes) and what a run may not change (nanoGPT's model_args). init_bias is not one:
+# it sets the first weights only, and a trained net's biases are its own.
+SHAPE_OPTIONS = ("groups", "dropout")
+
 
 def lrn() -> nn.LocalResponseNorm:
     """The paper's local response normalisation (torch takes alpha / n, hence the product)."""
     return nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K)
+
+
+def check_args(*, num_classes: int = 1, groups: int = 1, dropout: float = 0.5, init_bias: float = CAFFE_INIT_BIAS):
+    """ValueError for a value the network cannot be built with (the one check: TrainConfig runs it
+    on its options before any work)."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    if groups not in (1, 2):
+        raise ValueError(f"groups must be 1 (one tower) or 2 (the paper's two towers), got {groups}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if not 0.0 <= init_bias < float("inf"):
+        raise ValueError(f"init_bias must be a finite number of at least 0, got {init_bias}")
 
 
 class AlexNetModule(nn.Module):
@@ -48,14 +66,7 @@ class AlexNetModule(nn.Module):
     def __init__(self, num_classes: int = 1000, groups: int = 1, dropout: float = 0.5,
                  init_bias: float = CAFFE_INIT_BIAS):
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-        if groups not in (1, 2):
-            raise ValueError(f"groups must be 1 (one tower) or 2 (the paper's two towers), got {groups}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if not 0.0 <= init_bias < float("inf"):
-            raise ValueError(f"init_bias must be a finite number of at least 0, got {init_bias}")
+        check_args(num_classes=num_classes, groups=groups, dropout=dropout, init_bias=init_bias)
         self.num_classes = num_classes
         self.groups = groups
         self.dropout = dropout
@@ -76,6 +87,11 @@ class AlexNetModule(nn.Module):
             fc8=nn.Linear(4096, num_classes),
         ))
         self.reset_parameters()
+
+    @property
+    def arch(self) -> dict:
+        """The architecture as keyword arguments: `AlexNetModule(**net.arch)` builds the same shape."""
+        return {"num_classes": self.num_classes, **{name: getattr(self, name) for name in SHAPE_OPTIONS}}
 
     def reset_parameters(self) -> None:
         """Section 5: weights N(0, 0.01); biases `init_bias` (the paper: 1; default: Caffe's 0.1) in

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import DEVICE_CHOICES, ConfigError
+from .config import ConfigError, bound_problem, check_values
 
 # On a GPU the CPU threads only feed the decoders (nvJPEG's Huffman stage for the images the
 # hardware decoder does not take), and each reserves decoder buffers (pipelines/common.py: about
@@ -39,6 +39,12 @@ class Placement:
         """The pipelines' `device`: "gpu" (mixed decoder, GPU kernels) or "cpu"."""
         return "gpu" if self.on_gpu else "cpu"
 
+    def put_model(self, net: torch.nn.Module) -> torch.nn.Module:
+        """`net`, moved to this device in place; on a GPU in channels_last memory, since the GPU
+        pipelines give NHWC batches, which such a model reads without a copy."""
+        net = net.to(self.device)
+        return net.to(memory_format=torch.channels_last) if self.on_gpu else net
+
     def pipeline_args(self) -> dict:
         """The keyword arguments every pipeline factory in alexnet_dali.pipelines takes from here."""
         return dict(device=self.dali_device, device_id=self.device.index if self.on_gpu else None,
@@ -60,12 +66,12 @@ def gpu_for(local_rank: int) -> torch.device:
 def place(preference: str, *, threads: int, hw_decoder_load: float, local_rank: int = 0,
           local_world_size: int = 1) -> Placement:
     """The placement for `--device auto|cpu|gpu`; threads=0 chooses for the machine."""
-    if preference not in DEVICE_CHOICES:
-        raise ConfigError(f"device must be {', '.join(DEVICE_CHOICES)}, got {preference!r}")
+    check_values({"device": preference, "hw_decoder_load": hw_decoder_load})  # predict and evaluate build no config
+    problem = bound_problem("dali_threads", threads)  # the one check of --dali-threads, for every verb
+    if problem:
+        raise ConfigError(f"--dali-threads {problem.split(' ', 1)[1]} (0: chosen for the machine)")
     if preference == "gpu" and not torch.cuda.is_available():
         raise ConfigError("--device gpu was asked for, but torch sees no CUDA GPU on this machine")
-    if not 0.0 <= hw_decoder_load <= 1.0:
-        raise ConfigError(f"hw_decoder_load must be in [0, 1], got {hw_decoder_load}")
     on_gpu = preference == "gpu" or (preference == "auto" and torch.cuda.is_available())
     device = gpu_for(local_rank) if on_gpu else torch.device("cpu")
     if on_gpu:  # every model here sees fixed shapes: cuDNN times its algorithms once per shape, keeps the fastest

@@ -26,6 +26,7 @@ from collections import deque
 from statistics import median
 
 from .config import ConfigError, TrainConfig
+from .errors import UserError
 
 PAPER_LR, PAPER_BATCH = 0.01, 128  # section 5: lr 0.01 for a batch of 128
 
@@ -101,9 +102,10 @@ class Warmup:
         self.peak_lr, self.steps, self.taken = state["peak_lr"], state["steps"], state["taken"]
 
 
-class TrainingDiverged(ConfigError):
-    """The training loss blew up; the run stopped before saving anything after it. A ConfigError,
-    because a setting (mostly the lr) is what the user changes: the CLI prints it as one line."""
+class TrainingDiverged(UserError):
+    """The training loss blew up; the run stopped before saving anything after it. A UserError, not
+    a ConfigError (no option was invalid): a setting (mostly the lr) is what the user changes, so
+    the CLI prints it as one line."""
 
     def __init__(self, message: str, epoch: int, step: int):
         super().__init__(message)

@@ -16,8 +16,9 @@ import os
 from dataclasses import dataclass, field, replace
 
 from .checkpoint import CheckpointError, first_line, load_checkpoint
+from .labels import class_label
 from .metrics import HISTORY_KEYS, empty_history
-from .model import AlexNetModule
+from .model import SHAPE_OPTIONS, AlexNetModule
 from .pca import PCA
 
 
@@ -36,23 +37,23 @@ class ModelBundle:
             raise CheckpointError(f"the network has {self.net.num_classes} outputs but {len(self.classes)} classes")
 
     def to_dict(self) -> dict:
-        return {"model": self.net.state_dict(), "arch": {"groups": self.net.groups, "dropout": self.net.dropout},
+        return {"model": self.net.state_dict(), "arch": self.net.arch,
                 "pca": self.pca.to_dict(), "classes": list(self.classes), "class_names": list(self.class_names),
                 "precision": self.precision}
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelBundle:
         config = values.get("config") or {}
-        arch = values.get("arch") or {"groups": config.get("groups", 1), "dropout": config.get("dropout", 0.5)}
-        net = AlexNetModule(len(values["classes"]), groups=arch["groups"], dropout=arch["dropout"])
+        # Format 1 has no "arch": its config holds the shape options; files before num_classes was
+        # recorded take it from the classes.
+        arch = values.get("arch") or {name: config[name] for name in SHAPE_OPTIONS if name in config}
+        net = AlexNetModule(**{"num_classes": len(values["classes"]), **arch})
         net.load_state_dict(values["model"])
         return cls(net, PCA.from_dict(values["pca"]), tuple(values["classes"]), tuple(values.get("class_names") or ()),
                    values.get("precision") or config.get("precision", "fp32"))
 
     def label(self, index: int) -> str:
-        """What to show a person: "n01440764 tench, Tinca tinca" where a name is known, else the class."""
-        name = self.class_names[index]
-        return f"{self.classes[index]} {name}" if name else self.classes[index]
+        return class_label(self.classes, self.class_names, index)
 
 
 @dataclass
@@ -97,6 +98,13 @@ class TrainState:
     @property
     def resumable(self) -> bool:
         return self.optimizer is not None
+
+
+def model_args(config, num_classes: int) -> dict:
+    """The network a TrainConfig asks for, as AlexNetModule's keyword arguments (nanoGPT's
+    model_args): its shape options, and init_bias, which only a new network uses."""
+    return {"num_classes": num_classes, **{name: getattr(config, name) for name in SHAPE_OPTIONS},
+            "init_bias": config.init_bias}
 
 
 REQUIRED_KEYS = ("model", "classes", "pca")

@@ -1,15 +1,20 @@
 """The training loop: one process, or N under torchrun (DDP, one GPU or the CPU per process).
 
-    train(config, state) -> state: build the run (model, SGD, ReduceLROnPlateau, loaders) from a
-    state (None: a new model), then for each epoch: train_one_epoch -> evaluate -> lr schedule
-    -> checkpoint, history, TensorBoard. The API keeps the state in memory between calls; the
-    CLI and torchrun restarts read it from the run directory (resume.py).
+    train(config, state) -> state: build the run from a state (None: a new model): optimizer,
+    restore, loaders, wrap; then for each epoch: train_one_epoch -> evaluate -> lr schedule ->
+    checkpoint, history, TensorBoard. The API keeps the state in memory between calls; the CLI
+    and torchrun restarts read it from the run directory (resume.py).
+
+    train_one_epoch: a train_step per batch (benchmarks/train.py times the same step); at each
+    sync point, in the loop: the divergence check, then a checkpoint when one is due or a signal
+    came; on the first batch of the first epoch, TensorBoard's sample grid.
 
 Only the main process (rank 0) writes files and shows progress; metrics are all-reduced counts.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -36,7 +41,7 @@ from .placement import Placement, place
 from .schedule import DivergenceGuard, TrainingDiverged, Warmup, batch_plan, divergence_advice, lr_for_batch
 from .dataset import TrainingData, load_training_data
 from .resume import apply_resume_changes, check_resume
-from .state import ModelBundle, TrainState
+from .state import ModelBundle, TrainState, model_args
 from .visualize import log_sample_grid
 
 # Steps between the loop's host-device syncs (the progress bar's numbers; under DDP, the ranks'
@@ -129,24 +134,32 @@ class EpochProgress:
         return cls(Counts(device, saved["totals"]), saved["step"], saved["seconds"])
 
 
-def train_one_epoch(model, criterion, optimizer, loader: DaliLoader, progress: EpochProgress, *, precision: str,
-                    warmup: Warmup, control: StepControl, on_sync, on_checkpoint, bar, on_first_batch=None) -> int:
-    """Train over the rest of one epoch. Returns 0, or the signal that stopped it early.
-    `on_sync(progress, images)` runs at each sync point and before each checkpoint (the divergence
-    guard: it raises TrainingDiverged, so a blown-up model is never saved)."""
-    model.train()
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+               precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on a batch: forward and loss (under bf16 autocast where asked), backward,
+    update. Returns the logits and the mean loss, still on the device (reading them syncs). The
+    trainer and benchmarks/train.py both step through here."""
+    with autocast(images.device, precision):
+        logits = model(images)
+        loss = nn.functional.cross_entropy(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return logits, loss
+
+
+def train_one_epoch(run: Run, epoch: int, progress: EpochProgress, control: StepControl, bar) -> int:
+    """Train over the rest of one epoch. Returns 0, or the signal that stopped it early."""
+    run.model.train()
+    loader = run.train_loader
+    sample_grid = epoch == 0 and run.writer is not None
     start = time.perf_counter()
     for images, labels in loader:
-        if on_first_batch is not None:  # the TensorBoard sample grid: the inputs as the network sees them
-            on_first_batch(images)
-            on_first_batch = None
-        warmup.step()  # the lr of this step while warming up
-        with autocast(images.device, precision):
-            logits = model(images)
-            loss = criterion(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if sample_grid:  # TensorBoard: the first batch's inputs as the network sees them
+            log_sample_grid(run.writer, images, run.bundle.pca.mean, epoch)
+            sample_grid = False
+        run.warmup.step()  # the lr of this step while warming up
+        logits, loss = train_step(run.model, run.optimizer, images, labels, run.config.precision)
         own = loader.own_images(progress.step)
         if own == labels.numel():
             progress.counts.add(logits.detach(), labels, loss.detach() * own)
@@ -161,10 +174,10 @@ def train_one_epoch(model, criterion, optimizer, loader: DaliLoader, progress: E
             elapsed = progress.seconds + time.perf_counter() - start
             bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{progress.counts.images / elapsed:.1f}")
         save_now, signum = control.poll(progress.step, len(loader))
-        if synced or save_now:
-            on_sync(progress, images)
+        if synced or save_now:  # before any checkpoint: a blown-up model is never saved
+            run.stop_if_diverged(epoch, progress, images)
         if save_now:
-            on_checkpoint(progress, progress.seconds + time.perf_counter() - start)
+            run.checkpoint(epoch, progress, progress.seconds + time.perf_counter() - start)
             control.checkpointed()
         if signum:
             return signum
@@ -187,12 +200,13 @@ def start_process(config: TrainConfig) -> tuple[DistInfo, Placement]:
 def new_state(config: TrainConfig, data: TrainingData) -> TrainState:
     """A freshly initialised network (the paper's init, the same on every rank) for the data."""
     torch.manual_seed(config.seed)
-    net = AlexNetModule(len(data.train.classes), config.groups, config.dropout, config.init_bias)
+    net = AlexNetModule(**model_args(config, len(data.train.classes)))
     bundle = ModelBundle(net, data.pca, data.train.classes, data.train.class_names, config.precision)
     return TrainState(bundle, config.to_dict())
 
 
-def code_version() -> dict:
+@functools.cache
+def _code_version() -> tuple[tuple[str, str | None], ...]:
     commit = None
     try:
         import subprocess
@@ -201,7 +215,12 @@ def code_version() -> dict:
                                 capture_output=True, text=True, timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"package_version": __version__, "commit": commit}
+    return (("package_version", __version__), ("commit", commit))
+
+
+def code_version() -> dict:
+    """The package version and commit that runs (asked of git once per process)."""
+    return dict(_code_version())
 
 
 @dataclass
@@ -211,20 +230,15 @@ class Run:
     config: TrainConfig
     dist: DistInfo
     placement: Placement
-    data: TrainingData
-    bundle: ModelBundle
-    model: nn.Module  # the bundle's net, wrapped in DDP under torchrun
+    bundle: ModelBundle  # the network as checkpoints and validation see it
+    model: nn.Module  # the bundle's net as the steps run it: in DDP under torchrun, compiled with --compile
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    warmup: Warmup
+    guard: DivergenceGuard
     train_loader: DaliLoader
     val_loader: DaliLoader
     history: dict
-    start_epoch: int
-    rank_state: dict | None  # this rank's reader, RNG and partial-epoch state, resuming mid-epoch
-    global_batch: int
-    version: dict
-    warmup: Warmup
-    guard: DivergenceGuard
     writer: object | None = None  # TensorBoard's SummaryWriter, on the main process
     ranks: list | None = None  # every rank's state at the last checkpoint
 
@@ -232,10 +246,14 @@ class Run:
     def out(self) -> Path:
         return Path(self.config.out)
 
+    @property
+    def global_batch(self) -> int:
+        return batch_plan(self.config, self.dist.world_size)[1]
+
     def state(self, epoch: int, ranks: list | None = None) -> TrainState:
         return TrainState(self.bundle, self.config.to_dict(), epoch, self.history, self.optimizer.state_dict(),
                           self.scheduler.state_dict(), self.warmup.state_dict(), self.global_batch, ranks or [],
-                          self.version, self.guard.state_dict())
+                          code_version(), self.guard.state_dict())
 
     def stop_if_diverged(self, epoch: int, progress: EpochProgress, images: torch.Tensor) -> None:
         """Every rank sees the same summed totals, so all stop together, before anything is saved."""
@@ -271,62 +289,65 @@ def fmt_rgb(values) -> str:
 
 
 def build_run(config: TrainConfig, state: TrainState, data: TrainingData, dist: DistInfo,
-              placement: Placement) -> Run:
-    """The model, optimiser, schedule and loaders of a run, continuing `state`."""
+              placement: Placement) -> tuple[Run, dict | None]:
+    """The model, optimiser, schedule and loaders of a run continuing `state`, and this rank's
+    saved reader and RNG state where it resumes mid-run (None: the data order starts afresh)."""
     per_process, global_batch, lr = batch_plan(config, dist.world_size)
-    net = state.bundle.net.to(placement.device)
-    if placement.on_gpu:
-        net.to(memory_format=torch.channels_last)  # the GPU pipelines give NHWC
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
-                                                           patience=config.lr_patience, min_lr=config.min_lr)
-    rank_state = None
-    check_resume(state, config, data, global_batch if state.optimizer is not None else None)
+    check_resume(state, config, data, global_batch if state.resumable else None)
+    net = placement.put_model(state.bundle.net)
     # The model's own PCA (its input mean and lighting), never one recomputed from the data: a run
     # resumed or fitted on a changed data set must see its inputs centred as it was trained.
     pca = state.bundle.pca
     if pca != data.pca and dist.is_main:
         logger.info(f"the model's RGB PCA (mean {fmt_rgb(pca.mean)}, over {pca.images} images) is kept; this data's "
                     f"differs (mean {fmt_rgb(data.pca.mean)}, over {data.pca.images} images)")
-    if state.optimizer is not None:
-        optimizer.load_state_dict(state.optimizer)
-        scheduler.load_state_dict(state.scheduler)
-        apply_resume_changes(optimizer, scheduler, state.config, config, lr)
-        rank_state = restore_rank(state, dist, placement)
-        step = f", step {rank_state['step']}" if rank_state and rank_state["step"] else ""
-        logger.info(f"resuming {config.out} at epoch {state.epoch + 1}{step}, lr {optimizer.param_groups[0]['lr']:g}")
-    torch.manual_seed(config.seed + 1 + dist.rank)  # dropout masks differ per rank
-    if rank_state is not None:
-        torch.set_rng_state(rank_state["torch_rng"])
-        if placement.on_gpu and rank_state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(rank_state["cuda_rng"], placement.device)
-    model = net
-    if dist.distributed:
-        model = DistributedDataParallel(net, device_ids=[placement.device] if placement.on_gpu else None,
-                                        gradient_as_bucket_view=True, bucket_cap_mb=DDP_BUCKET_MB)
-    if config.compile:  # the steps only: checkpoints and validation use `net` itself, whose keys stay plain
-        model = torch.compile(model)
-    train_loader = training_loader(data.train, pca, placement, dist, batch_size=per_process, seed=config.seed,
-                                   lighting=config.lighting, prefetch=config.prefetch,
-                                   state=rank_state and rank_state["dali"])
-    val_loader = evaluation_loader(data.val, pca, placement, dist, batch_size=per_process,
-                                   prefetch=config.prefetch)
+    optimizer, scheduler = make_optimizer(net, config, lr)
+    rank_state = restore(state, config, dist, placement, optimizer, scheduler, lr)
+    train_loader, val_loader = make_loaders(config, data, pca, placement, dist, per_process, rank_state)
     warmup = Warmup.for_epochs(optimizer, lr, config.warmup_epochs, len(train_loader))
     guard = DivergenceGuard(len(data.train.classes))
-    if state.optimizer is not None:  # continuing: the ramp and the guard's memory go on where they were
+    if state.resumable:  # continuing: the ramp and the guard's memory go on where they were
         warmup.load_state_dict(state.warmup)
         warmup.peak_lr = lr  # a --lr changed on resume is the lr from now on
         guard.load_state_dict(state.guard)
     bundle = ModelBundle(net, pca, data.train.classes, data.train.class_names, config.precision)
-    run = Run(config, dist, placement, data, bundle, model, optimizer, scheduler, train_loader, val_loader,
-              {key: list(values) for key, values in state.history.items()}, state.epoch, rank_state, global_batch,
-              code_version(), warmup, guard)
+    run = Run(config, dist, placement, bundle, wrap(net, config, dist, placement), optimizer, scheduler, warmup,
+              guard, train_loader, val_loader, {key: list(values) for key, values in state.history.items()})
     if dist.is_main:
-        start_logs(run, per_process, lr)
-    return run
+        start_logs(run, data, state.epoch, per_process, lr)
+    return run, rank_state
 
 
-def restore_rank(state: TrainState, dist: DistInfo, placement: Placement) -> dict | None:
+def make_optimizer(net: nn.Module, config: TrainConfig, lr: float):
+    """Section 5: SGD with momentum and weight decay; lr / 10 when the validation error stalls."""
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
+                                                           patience=config.lr_patience, min_lr=config.min_lr)
+    return optimizer, scheduler
+
+
+def restore(state: TrainState, config: TrainConfig, dist: DistInfo, placement: Placement, optimizer, scheduler,
+            lr: float) -> dict | None:
+    """Load a resumed run's optimiser and schedule (with what the config changed), then seed this
+    rank's RNG: its saved one where it resumes, a fresh one per rank otherwise (dropout masks differ
+    per rank). Returns this rank's saved state, or None."""
+    rank_state = None
+    if state.resumable:
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+        apply_resume_changes(optimizer, scheduler, state.config, config, lr)
+        rank_state = restore_rank(state, dist)
+        step = f", step {rank_state['step']}" if rank_state and rank_state["step"] else ""
+        logger.info(f"resuming {config.out} at epoch {state.epoch + 1}{step}, lr {optimizer.param_groups[0]['lr']:g}")
+    torch.manual_seed(config.seed + 1 + dist.rank)
+    if rank_state is not None:
+        torch.set_rng_state(rank_state["torch_rng"])
+        if placement.on_gpu and rank_state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(rank_state["cuda_rng"], placement.device)
+    return rank_state
+
+
+def restore_rank(state: TrainState, dist: DistInfo) -> dict | None:
     """This rank's saved reader and RNG state, or None where the number of processes changed."""
     if len(state.ranks) != dist.world_size:
         if dist.is_main:
@@ -336,18 +357,38 @@ def restore_rank(state: TrainState, dist: DistInfo, placement: Placement) -> dic
     return state.ranks[dist.rank]
 
 
-def start_logs(run: Run, per_process: int, lr: float) -> None:
+def make_loaders(config: TrainConfig, data: TrainingData, pca, placement: Placement, dist: DistInfo,
+                 per_process: int, rank_state: dict | None) -> tuple[DaliLoader, DaliLoader]:
+    """This rank's shard of the training split (its reader where it was saved) and of validation."""
+    train_loader = training_loader(data.train, pca, placement, dist, batch_size=per_process, seed=config.seed,
+                                   lighting=config.lighting, prefetch=config.prefetch,
+                                   state=rank_state and rank_state["dali"])
+    val_loader = evaluation_loader(data.val, pca, placement, dist, batch_size=per_process, prefetch=config.prefetch)
+    return train_loader, val_loader
+
+
+def wrap(net: nn.Module, config: TrainConfig, dist: DistInfo, placement: Placement) -> nn.Module:
+    """The network as the training steps run it: in DDP under torchrun, through torch.compile with
+    --compile (checkpoints and validation use `net` itself, whose keys stay plain)."""
+    model = net
+    if dist.distributed:
+        model = DistributedDataParallel(net, device_ids=[placement.device] if placement.on_gpu else None,
+                                        gradient_as_bucket_view=True, bucket_cap_mb=DDP_BUCKET_MB)
+    return torch.compile(model) if config.compile else model
+
+
+def start_logs(run: Run, data: TrainingData, start_epoch: int, per_process: int, lr: float) -> None:
     """config.json, the TensorBoard writer and the opening lines (main process only)."""
     from torch.utils.tensorboard import SummaryWriter
 
-    config, data, out = run.config, run.data, run.out
+    config, out = run.config, run.out
     out.mkdir(parents=True, exist_ok=True)
     lr_rule = lr_for_batch(config.lr, config.batch_size, run.dist.world_size, config.per_gpu_batch)[1]
     write_run_file(lambda path: write_config(
-        config, path, **run.version, world_size=run.dist.world_size, global_batch=run.global_batch,
+        config, path, **code_version(), world_size=run.dist.world_size, global_batch=run.global_batch,
         batch_per_process=per_process, lr_effective=lr, lr_rule=lr_rule, train_images=len(data.train),
         val_images=len(data.val), classes=list(data.train.classes)), out / "config.json")
-    run.writer = SummaryWriter(str(out / "tensorboard"), purge_step=run.start_epoch)
+    run.writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_epoch)
     logger.info(f"training on {len(data.train)} images ({len(data.train.classes)} classes), validating on "
                 f"{len(data.val)}; {run.dist.world_size} process(es) on {run.placement.device.type}, "
                 f"global batch {run.global_batch}; run directory {out}")
@@ -397,21 +438,14 @@ def train(config: TrainConfig, state: TrainState | None = None, *, data: Trainin
     fresh = state.epoch == 0 and state.optimizer is None
     if fresh and dist.is_main and (Path(config.out) / LAST).exists():
         raise CheckpointError(f"{config.out} already holds a training run (last.pt); train into another run directory")
-    run = build_run(config, state, data, dist, placement)
-    criterion = nn.CrossEntropyLoss()
+    run, rank_state = build_run(config, state, data, dist, placement)
     with StepControl(config.checkpoint_every, dist, placement.device) as control:
-        for epoch in range(run.start_epoch, config.epochs):
-            progress = EpochProgress.resumed(run.rank_state, placement.device)
-            run.rank_state = None
-            sample_grid = (lambda images: log_sample_grid(run.writer, images, run.bundle.pca.mean, epoch)) \
-                if run.writer is not None and epoch == 0 else None
+        for epoch in range(state.epoch, config.epochs):
+            progress = EpochProgress.resumed(rank_state, placement.device)
+            rank_state = None
             with tqdm(total=len(run.train_loader), initial=progress.step, disable=not dist.is_main,
                       desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", dynamic_ncols=True) as bar:
-                signum = train_one_epoch(run.model, criterion, run.optimizer, run.train_loader, progress,
-                                         precision=config.precision, warmup=run.warmup, control=control, bar=bar,
-                                         on_sync=lambda p, images: run.stop_if_diverged(epoch, p, images),
-                                         on_checkpoint=lambda p, s: run.checkpoint(epoch, p, s),
-                                         on_first_batch=sample_grid)
+                signum = train_one_epoch(run, epoch, progress, control, bar)
             lr = run.optimizer.param_groups[0]["lr"]  # the lr of the epoch's last step (warmup moves it within)
             if signum:
                 raise TrainingInterrupted(signum, run.out / LAST, epoch, progress.step)

@@ -371,13 +371,6 @@ def alexnet(classes: int, device: str, channels_last: bool = False):
     return net.to(memory_format=torch.channels_last) if channels_last else net
 
 
-def autocast(images, precision: str):
-    """The trainer's autocast context for `precision` ("fp32" or "bf16")."""
-    from alexnet_dali.evaluate import autocast as trainer_autocast
-
-    return trainer_autocast(images.device, precision)
-
-
 def ten_crop_predictor(net, device: str, batch_size: int, precision: str, compile: bool = False):
     """The Predictor that `alexnet-dali predict` uses, around `net` (1000 classes, no lighting PCA)."""
     from alexnet_dali.pca import PCA

@@ -8,10 +8,12 @@ On a GPU the rows repeat for fp32, bf16 autocast, channels_last and torch.compil
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+import functools
 
-from common import (alexnet, autocast, base_parser, data_files, devices, parse, profile_path, report, sizes, sync,
+import torch
+
+from alexnet_dali.train import train_step
+from common import (alexnet, base_parser, data_files, devices, parse, profile_path, report, sizes, sync,
                     timed, torch_device)
 from common import training_loader
 
@@ -21,21 +23,6 @@ CLASSES = 1000
 # fp32+channels_last, or bf16+channels_last with --precision bf16.
 GPU_VARIANTS = [("fp32", False, False, False), ("fp32+channels_last", False, True, False),
                 ("bf16+channels_last", True, True, False), ("bf16+channels_last+compile", True, True, True)]
-
-
-def make_step(net, optimizer, bf16: bool):
-    """The trainer's step (alexnet_dali.train.train_one_epoch) without its bookkeeping."""
-    criterion = nn.CrossEntropyLoss()
-    precision = "bf16" if bf16 else "fp32"
-
-    def step(images, labels):
-        with autocast(images, precision):
-            loss = criterion(net(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
 
 
 def build(device: str, channels_last: bool, compiled: bool):
@@ -83,7 +70,8 @@ def main(argv=None):
         images_per_epoch = len(loader) * batch_size
         for name, bf16, channels_last, compiled in variants:
             net, optimizer = build(kind, channels_last, compiled)
-            step = make_step(net, optimizer, bf16)
+            # the trainer's own step, without the loop's bookkeeping
+            step = functools.partial(train_step, net, optimizer, precision="bf16" if bf16 else "fp32")
             run, n = model_only(step, device, batch_size, images_per_epoch)
             alone = timed(run, n, args.trials, warmup=run, profile_to=profile_path(args, f"model-only {name}"))
             fed = timed(end_to_end(step, device, loader), images_per_epoch, args.trials,

@@ -136,3 +136,15 @@ def test_model_file_imports_only_torch():
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert imported <= {"torch", "__future__", "collections"}
+
+
+@pytest.mark.parametrize("options", [{}, {"groups": 2, "dropout": 0.3}])
+def test_the_architecture_is_one_dict_the_network_is_rebuilt_from(options):
+    """nanoGPT's model_args: `arch` holds every shape option, and AlexNetModule(**arch) gives the
+    same tensors (names and shapes) and the same options back."""
+    net = AlexNetModule(7, **options)
+    assert net.arch == {"num_classes": 7, "groups": options.get("groups", 1), "dropout": options.get("dropout", 0.5)}
+    again = AlexNetModule(**net.arch)
+    assert again.arch == net.arch
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in net.state_dict().items()}
+    again.load_state_dict(net.state_dict())  # strict: nothing missing, nothing extra

@@ -169,6 +169,35 @@ def test_resume_refuses_options_that_would_make_another_run(layout, one_epoch, t
     assert "training on" not in result.stdout and load_checkpoint(out / "last.pt")["epoch"] == 1
 
 
+def test_every_option_has_a_resume_rule_and_readme_lists_them_as_the_code_does():
+    """The rules come from each TrainConfig field's metadata; README's list is generated from them."""
+    import dataclasses
+
+    from alexnet_dali.config import CHANGES, COMMAND, FIXES, TrainConfig, with_resume_rule
+    from alexnet_dali.resume import RESUME_CHANGES, RESUME_INVOCATION, readme_rules
+
+    by_rule = {rule: set(with_resume_rule(rule)) for rule in (CHANGES, COMMAND, FIXES)}
+    assert sum(map(len, by_rule.values())) == len(dataclasses.fields(TrainConfig))
+    assert set().union(*by_rule.values()) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert (set(RESUME_CHANGES), set(RESUME_INVOCATION)) == (by_rule[CHANGES], by_rule[COMMAND])
+    assert {"init_bias", "warmup_epochs", "groups", "seed"} <= by_rule[FIXES]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert readme_rules() in readme, "README's resume rules are stale: paste `python -m alexnet_dali.resume`"
+    assert "`--init-bias`" in readme_rules() and "`--warmup-epochs`" in readme_rules()
+
+
+def test_a_field_without_a_resume_rule_is_refused_when_the_config_is_defined():
+    from dataclasses import make_dataclass
+
+    from alexnet_dali.config import CHANGES, _opt, check_resume_rules
+
+    check_resume_rules(make_dataclass("Ruled", [("epochs", int, _opt(1, "epochs", resume=CHANGES))]))
+    forgotten = make_dataclass("Forgotten", [("epochs", int, _opt(1, "epochs", resume=CHANGES)),
+                                             ("colour", str, _opt("red", "a new option"))])
+    with pytest.raises(TypeError, match="^Forgotten fields without a resume rule: colour$"):
+        check_resume_rules(forgotten)
+
+
 def test_resume_applies_what_may_change_and_config_json_tells_the_truth(layout, one_epoch, tmp_path):
     """The command gives a new lr, momentum and patience and leaves out the batch size and the
     lighting: the changes take effect (the optimiser and schedule really use them), the rest
@@ -416,6 +445,18 @@ def test_bad_numbers_are_usage_errors_in_one_line(argv, option, capsys):
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1
     assert f"alexnet-dali {argv[0]}: error: argument {option}" in captured.err and f"{argv[0]} --help" in captured.err
+
+
+def test_the_cli_catches_one_base_for_user_errors_and_a_divergence_is_not_a_config_error():
+    import inspect
+
+    from alexnet_dali import cli
+    from alexnet_dali.errors import DataError, UserError
+    from alexnet_dali.schedule import TrainingDiverged
+
+    assert all(issubclass(error, UserError) for error in (ConfigError, DataError, CheckpointError, TrainingDiverged))
+    assert not issubclass(TrainingDiverged, ConfigError)
+    assert "except UserError as e:" in inspect.getsource(cli.main)
 
 
 def test_negative_dali_threads_for_prediction_is_an_error(capsys):

@@ -49,6 +49,15 @@ def test_format_1_checkpoints_and_saved_models_load(tmp_path):
             assert torch.equal(state.bundle.net.state_dict()[key], value), key
 
 
+def test_a_checkpoint_stores_the_network_arch_and_an_arch_from_before_num_classes_loads():
+    """The file's "arch" is the network's own dict; a 0.2-era arch (groups and dropout only) loads too."""
+    bundle = ModelBundle(AlexNetModule(2, groups=2, dropout=0.3), PCA.from_dict(PCA_DICT), ("cat", "dog"))
+    values = TrainState(bundle, {}).to_dict()
+    assert values["arch"] == {"num_classes": 2, "groups": 2, "dropout": 0.3}
+    values["arch"] = {"groups": 2, "dropout": 0.3}
+    assert TrainState.from_dict(values).bundle.net.arch == {"num_classes": 2, "groups": 2, "dropout": 0.3}
+
+
 def test_a_state_round_trips_through_its_dict(tmp_path):
     torch.manual_seed(1)
     bundle = ModelBundle(AlexNetModule(3, dropout=0.2), PCA.from_dict(PCA_DICT), ("a", "b", "c"), ("x", "", "z"),
