@@ -111,7 +111,8 @@ def load_training_data(config: TrainConfig, dist_info: DistInfo, placement: Plac
     splits, root, not_images = index(config, dist_info)
     train, val = splits["train"], splits[config.val_split]
     cache_dir = distributed.broadcast_object(writable_cache(cache_dirs(config, root)) if dist_info.is_main else None)
-    undecodable = scan_splits([train, val], dist_info, placement, cache_dir)
+    # prepare decoded and verified every file of a prepared set: nothing to scan
+    undecodable = {} if train.prepared and val.prepared else scan_splits([train, val], dist_info, placement, cache_dir)
     if undecodable and not config.skip_bad:
         raise DataError([Problem(path, reason) for path, reason in sorted(undecodable.items())],
                         f"{len(undecodable)} image(s) cannot be decoded and would stop training mid-epoch; fix or "
@@ -151,8 +152,10 @@ def training_pca(train: Split, config: TrainConfig, dist_info: DistInfo, placeme
     if dist_info.is_main:
         logger.info(f"computing the RGB PCA over {len(files)} training images (cached for later runs)")
     # a batch of at most MAX_SCAN_PIXELS pixels, as the scan's: a folder of huge photos stays in bounded memory
-    pca = compute_pca(files, placement, batch_size=pixel_bounded_batch(files, 64), rank=dist_info.rank,
-                      world_size=dist_info.world_size, all_reduce=all_reduce_int64(placement))
+    # (a prepared set's images are all 256×256: no header to read)
+    batch_size = 64 if train.prepared else pixel_bounded_batch(files, 64)
+    pca = compute_pca(files, placement, batch_size=batch_size, rank=dist_info.rank,
+                      world_size=dist_info.world_size, all_reduce=all_reduce_int64(placement), prepared=train.prepared)
     if dist_info.is_main and path:
         save_pca(pca, path)
     return pca

@@ -68,8 +68,10 @@ def sample_files(files: Sequence[str], limit: int, seed: int) -> list[str]:
     return [files[i] for i in sorted(picked)]
 
 
-def image_moments(files: Sequence[str], placement, *, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Exact int64 sums over `files`: channel sums [3] and cross products [6]."""
+def image_moments(files: Sequence[str], placement, *, batch_size: int = 64,
+                  prepared: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Exact int64 sums over `files`: channel sums [3] and cross products [6] (`prepared`: the
+    files are prepare's 256×256 squares, read as they are)."""
     from .pipelines.stats import statistics_pipeline
 
     sums = np.zeros(3, dtype=np.int64)
@@ -77,7 +79,8 @@ def image_moments(files: Sequence[str], placement, *, batch_size: int = 64) -> t
     if not files:
         return sums, cross
     batch_size = min(batch_size, len(files))
-    pipe = statistics_pipeline(list(files), **placement.pipeline_args(), batch_size=batch_size, prefetch_queue_depth=2)
+    pipe = statistics_pipeline(list(files), **placement.pipeline_args(), batch_size=batch_size, prefetch_queue_depth=2,
+                               prepared=prepared)
     pipe.build()
     remaining = len(files)  # the reader pads the last batch with repeats: count them out
     while remaining > 0:
@@ -91,12 +94,12 @@ def image_moments(files: Sequence[str], placement, *, batch_size: int = 64) -> t
 
 
 def compute_pca(files: Sequence[str], placement, *, batch_size: int = 64, rank: int = 0, world_size: int = 1,
-                all_reduce: Callable[[np.ndarray], np.ndarray] | None = None) -> PCA:
+                all_reduce: Callable[[np.ndarray], np.ndarray] | None = None, prepared: bool = False) -> PCA:
     """PCA over `files`, decoded where `placement` (placement.py) says. Under several processes
     each takes every world_size-th file and `all_reduce` (a sum over ranks of an int64 array)
     combines the sums."""
     mine = list(files)[rank::world_size]
-    sums, cross = image_moments(mine, placement, batch_size=batch_size)
+    sums, cross = image_moments(mine, placement, batch_size=batch_size, prepared=prepared)
     totals = np.concatenate([sums, cross])
     if all_reduce is not None and world_size > 1:
         totals = all_reduce(totals)

@@ -624,7 +624,9 @@ def local_copy(data: str, labels: str | None, label_encoding: str | None, *, cac
     brought into the cache first (fetch_dataset; `refresh` revalidates the cached images); local
     data is returned as given."""
     if not is_url(data):
-        return data, labels, label_encoding
+        from .prepare import prepared_labels
+
+        return (data, *prepared_labels(data, labels, label_encoding))  # a prepared set carries its label files
     return fetch_dataset(data, labels, label_encoding, cache_dir=cache_dir, splits=tuple(splits), refresh=refresh)
 
 
