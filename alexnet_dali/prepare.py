@@ -47,7 +47,7 @@ RESAMPLING = ("short side to 256, centre 256x256, as pipelines.common.decode_and
               "shrink of at most 2x, antialiased (triangle) beyond; EXIF orientation applied")
 DEFAULT_SPLITS = ("train", "val")
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
-BATCH = 64
+BATCH = 32  # images per DALI run; the journal is written after each
 
 
 class PrepareInterrupted(KeyboardInterrupt):
@@ -351,6 +351,8 @@ def prepare_dataset(src: str, dst: str | os.PathLike, *, labels: str | None = No
         todo = [(out, f) for out, f in outputs.items()
                 if done.get(out) != {"source": f.rel, "identity": f.identity} or not (dst / out).is_file()]
         kept = len(outputs) - len(todo)
+        for out, _ in todo:  # stale until written again (and removed if its source no longer decodes)
+            done.pop(out, None)
         carried = carry_files(listing, outputs, dst)
         record = dict(format=FORMAT, version=__version__, settings=wanted, complete=False, **carried)
         save_manifest(dst, record, done)
@@ -363,9 +365,10 @@ def prepare_dataset(src: str, dst: str | os.PathLike, *, labels: str | None = No
         left_out = {p.path: p.reason for p in listing.left_out}
         if bad and not skip_bad:
             save_manifest(dst, record, done)
-            raise DataError([Problem(f.location, reason) for f, reason in bad],
-                            f"{len(bad)} source image(s) cannot be decoded (the others are prepared); fix or remove "
-                            "them and run again, or pass --skip-bad to leave them out")
+            advice = Problem("", "the others are prepared: fix or remove these and run the same command again, or "
+                                 "pass --skip-bad to leave them out")
+            raise DataError([*(Problem(f.location, reason) for f, reason in bad), advice],
+                            f"{len(bad)} source image(s) cannot be decoded")
         save_manifest(dst, {**record, "complete": True, "skipped": {**left_out, **skipped}}, done)
         (dst / JOURNAL_NAME).unlink(missing_ok=True)
     if skipped or left_out:
@@ -454,6 +457,7 @@ def run_todo(todo: list[tuple[str, SourceFile]], dst: Path, done: dict, quality:
                     for (out, f), result in zip(chunk, results):
                         if isinstance(result, str):
                             bad.append((f, result or diagnose(f.location) or "missing or unreadable"))
+                            (dst / out).unlink(missing_ok=True)  # an older version's square is not this file's
                             bar.update(1)
                             continue
                         batch.append(((out, f), pool.submit(write_verified, result, dst / out, quality)))
