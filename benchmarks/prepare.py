@@ -3,8 +3,9 @@ side by side in one run, on the same generated ImageNet-like 500×375 JPEGs:
 
   bytes                   the training split on disk, original and prepared
   prepare                 prepare's own rate (images/s), every core
-  dali-cpu-decode         decode only, original / prepared
+  dali-cpu-decode         decode only, original / prepared (dali-gpu-decode too, where a GPU is)
   dali-cpu                the training pipeline (the trainer's loader), original / prepared
+                          (dali-gpu too, where a GPU is; --device cpu leaves them out)
   train-start             `train`'s start before its first step (index, scan, PCA) on --start-files
                           files, original / prepared, no caches (a first start)
   prepare-from-s3         prepare reading the files from an S3 server (moto, on loopback, on the same
@@ -15,7 +16,7 @@ side by side in one run, on the same generated ImageNet-like 500×375 JPEGs:
                           the bytes per image; prepare's default is the lowest quality within 5
                           levels RMS (below the paper's lighting noise, about 5.6 levels RMS)
 
-    python benchmarks/prepare.py [--images N] [--start-files N] [--batch-size B] [--trials T]
+    python benchmarks/prepare.py [--device cpu|gpu|all] [--images N] [--start-files N] [--batch-size B] [--trials T]
                                  [--no-s3] [--data PHOTOS] [--json PATH]
 
 --data names a folder of JPEGs for the quality sweep alone (photographs, say); every other row
@@ -32,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (CACHE, EIGVAL, EIGVEC, MEAN, base_parser, cpu_count, decode_only_loader, drain, imagenet_like,
-                    parse, prepare, report, sizes, timed, training_loader, training_start)
+from common import (CACHE, base_parser, cpu_count, decode_only_loader, devices, drain, imagenet_like, parse,
+                    pipeline_threads, prepare, report, sizes, timed, training_loader, training_start)
 
 QUALITIES = (75, 80, 85, 90, 95)
 CROP_RMS_BOUND = 5.0  # grey levels; the paper's lighting noise is about 5.6 levels RMS (see RESULTS.md)
@@ -165,9 +166,9 @@ def main(argv=None):
                              "the first --images of them")
     parser.add_argument("--sweep-images", type=int, default=200, help="images of the quality sweep (default: 200)")
     parser.add_argument("--no-s3", action="store_true", help="leave out the S3 rows (they need moto[server])")
-    args = parse(parser, ["--device", "cpu", *(argv or __import__("sys").argv[1:])])
+    args = parse(parser, argv)
     images, batch_size = sizes(args, "cpu")
-    count = max(args.start_files, images)
+    count = max([args.start_files] + [sizes(args, device)[0] for device in devices(args)])
     files = imagenet_like(count)
     args.data_read = {"images": count}
     work = CACHE / "prepare-bench"
@@ -189,18 +190,24 @@ def main(argv=None):
     notes.append(f"bytes: prepared / original = {prepared_bytes / original_bytes:.3f} ({prepared_bytes / 1e6:.1f} MB "
                  f"/ {original_bytes / 1e6:.1f} MB for {len(train_original)} training images; goal <= 0.333)")
 
-    subset_original, subset_prepared = train_original[:images], train_prepared[:images]
-    size = dict(images=len(subset_original), batch_size=batch_size)
-    for name, make in (("dali-cpu-decode", lambda fs, p: decode_only_loader(fs, "cpu", batch_size, cpu_count())),
-                       ("dali-cpu", lambda fs, p: training_loader(fs, "cpu", batch_size, threads=cpu_count(),
-                                                                  prepared=p)[0])):
-        for variant, subset, is_prepared in (("original", subset_original, False), ("prepared", subset_prepared, True)):
-            loader = make(subset, is_prepared)
-            rows.append({"name": f"{name} {variant}", "device": "cpu", "kind": name, "threads": cpu_count(), **size,
-                         **timed(lambda: drain(loader, "cpu"), len(subset), args.trials,
-                                 warmup=lambda: drain(loader, "cpu"))})
-            del loader
-            gc.collect()
+    for device in devices(args):  # the decode and pipeline rows run on each device; the others on the CPU
+        count_device, batch_device = sizes(args, device)
+        subset_original, subset_prepared = train_original[:count_device], train_prepared[:count_device]
+        size = dict(images=len(subset_original), batch_size=batch_device)
+        threads = pipeline_threads(device)
+        for name, make in (
+                (f"dali-{device}-decode", lambda fs, p: decode_only_loader(fs, device, batch_device, threads)),
+                (f"dali-{device}", lambda fs, p: training_loader(fs, device, batch_device, threads=threads,
+                                                                 prepared=p)[0])):
+            for variant, subset, is_prepared in (("original", subset_original, False),
+                                                 ("prepared", subset_prepared, True)):
+                loader = make(subset, is_prepared)
+                rows.append({"name": f"{name} {variant}", "device": device, "kind": name, "threads": threads, **size,
+                             **timed(lambda: drain(loader, device), len(subset), args.trials,
+                                     warmup=lambda: drain(loader, device))})
+                del loader
+                gc.collect()
+    subset_original = train_original[:images]
 
     start = {}
     for variant, root in (("original", original_root), ("prepared", prepared_root)):
@@ -218,9 +225,12 @@ def main(argv=None):
     def rate(name):
         return by_name[name]["images_per_sec"]
 
-    notes.append(f"decode only: prepared / original = {rate('dali-cpu-decode prepared') / rate('dali-cpu-decode original'):.2f}")
-    notes.append(f"training pipeline: prepared / original = {rate('dali-cpu prepared') / rate('dali-cpu original'):.2f} "
-                 "(goal >= 1.5)")
+    for device in devices(args):
+        goal = "goal >= 1.5 on 2 cores" if device == "cpu" else "goal >= 2 on an H100"
+        notes.append(f"dali-{device} decode only: prepared / original = "
+                     f"{rate(f'dali-{device}-decode prepared') / rate(f'dali-{device}-decode original'):.2f}")
+        notes.append(f"dali-{device} training pipeline: prepared / original = "
+                     f"{rate(f'dali-{device} prepared') / rate(f'dali-{device} original'):.2f} ({goal})")
     notes.append(f"train start: prepared / original = {start['prepared']['seconds'] / start['original']['seconds']:.3f} "
                  f"({start['prepared']['seconds']:.1f} s / {start['original']['seconds']:.1f} s on "
                  f"{len(train_original)} files; goal <= 0.2)")

@@ -213,6 +213,6 @@ def test_prepare_benchmark_compares_original_and_prepared_side_by_side(tmp_path)
     assert [entry["quality"] for entry in report["quality_sweep"]] == [75, 80, 85, 90, 95]
     errors = [entry["crop_rms"] for entry in report["quality_sweep"]]
     assert errors == sorted(errors, reverse=True) and errors[-1] > 0  # a higher quality, a smaller error
-    for pattern in (r"bytes: prepared / original = [0-9.]+", r"training pipeline: prepared / original = [0-9.]+",
+    for pattern in (r"bytes: prepared / original = [0-9.]+", r"dali-cpu training pipeline: prepared / original = [0-9.]+",
                     r"train start: prepared / original = [0-9.]+", r"from s3: streaming every epoch runs at [0-9.]+"):
         assert re.search(pattern, stdout), pattern
