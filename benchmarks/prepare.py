@@ -26,6 +26,7 @@ reads the generated set.
 from __future__ import annotations
 
 import gc
+import io
 import os
 import shutil
 import time
@@ -101,7 +102,7 @@ def quality_sweep(files: list[str], seed: int = 0) -> list[dict]:
         for square, (x, y) in zip(originals, windows):
             data = encode_jpeg(square, quality)
             sizes_bytes.append(len(data))
-            with Image.open(__import__("io").BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data)) as image:
                 stored = np.asarray(image.convert("RGB"), dtype=np.float64)
             crop = (slice(y, y + 224), slice(x, x + 224))
             squared.append(np.mean((stored[crop] - square[crop].astype(np.float64)) ** 2))

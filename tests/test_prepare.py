@@ -5,7 +5,6 @@ changed settings, changed and removed sources, bad files, and reads from s3:// a
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
