@@ -23,7 +23,7 @@ from alexnet_dali.errors import DataError
 from alexnet_dali.model import AlexNetModule
 from alexnet_dali.pipelines import tencrop_pipeline, training_pipeline
 from alexnet_dali.prepare import JOURNAL_NAME, MANIFEST_NAME, TMP_MARK
-from conftest import make_original_layout, smooth_image, write_image
+from conftest import make_imagenet, make_original_layout, smooth_image, write_image
 from pipeline_helpers import CPU, run_batches
 
 # The bound the quality was chosen by (benchmarks/RESULTS.md): 224 crops within 5 grey levels RMS
@@ -174,6 +174,18 @@ def test_changed_and_removed_sources_are_redone_and_removed_and_bad_ones_named(t
         prepare_small(layout, dst, quality=75, skip_bad=True)
     redone = prepare_small(layout, dst, quality=75, skip_bad=True, redo=True)
     assert redone.prepared == 6
+
+
+def test_imagenet_as_distributed_keeps_its_tree_solution_csv_and_class_names(tmp_path):
+    make_imagenet(tmp_path / "imagenet", tree=("ILSVRC", "Data", "CLS-LOC"))
+    report = prepare_dataset(str(tmp_path / "imagenet"), tmp_path / "prepared", device="cpu", progress=False)
+    original, prepared = index_dataset(tmp_path / "imagenet"), index_dataset(tmp_path / "prepared")
+    assert report.images == len(original["train"]) + len(original["val"])
+    for name in ("train", "val"):
+        assert [Path(f).relative_to(tmp_path / "prepared") for f in prepared[name].files] == \
+               [Path(f).relative_to(tmp_path / "imagenet") for f in original[name].files]
+        assert prepared[name].labels == original[name].labels and prepared[name].prepared
+    assert prepared["train"].class_names == original["train"].class_names and any(original["train"].class_names)
 
 
 def test_kill_9_in_the_middle_loses_nothing_and_the_same_command_goes_on(tmp_path):
