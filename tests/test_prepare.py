@@ -188,21 +188,31 @@ def test_imagenet_as_distributed_keeps_its_tree_solution_csv_and_class_names(tmp
     assert prepared["train"].class_names == original["train"].class_names and any(original["train"].class_names)
 
 
-def test_kill_9_in_the_middle_loses_nothing_and_the_same_command_goes_on(tmp_path):
-    layout = make_original_layout(tmp_path / "source", {"train": 90, "val": 2}, size=(480, 360))
+def test_sigterm_then_kill_9_in_the_middle_lose_nothing_and_the_same_command_goes_on(tmp_path):
+    layout = make_original_layout(tmp_path / "source", {"train": 150, "val": 2}, size=(480, 360))
     dst = tmp_path / "prepared"
     command = [sys.executable, "-m", "alexnet_dali", "prepare", layout["data"], dst, "--labels", layout["labels"],
                "--label-encoding", layout["label_encoding"], "--device", "cpu", "--threads", "1"]
-    process = subprocess.Popen(list(map(str, command)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = dst / JOURNAL_NAME
-    deadline = time.monotonic() + 120
-    while not (journal.exists() and len(journal.read_text().splitlines()) >= 32):
-        assert process.poll() is None and time.monotonic() < deadline, "prepare ended before it could be killed"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+
+    def stop_after(lines: int, signum: int) -> subprocess.Popen:
+        process = subprocess.Popen(list(map(str, command)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   text=True)
+        deadline = time.monotonic() + 120
+        while not (journal.exists() and len(journal.read_text().splitlines()) >= lines):
+            assert process.poll() is None and time.monotonic() < deadline, "prepare ended before it was stopped"
+            time.sleep(0.05)
+        process.send_signal(signum)
+        process.wait(timeout=60)
+        return process
+
+    terminated = stop_after(32, signal.SIGTERM)  # a scheduler's stop: what is finished is recorded, said so
+    assert terminated.returncode == 128 + signal.SIGTERM
+    assert "run the same command again" in terminated.stderr.read()
+    recorded = len(journal.read_text().splitlines())
+    stop_after(recorded + 32, signal.SIGKILL)  # goes on from there, then is killed outright
     finished = [p for p in (dst / "train").iterdir() if not p.name.endswith(TMP_MARK)]
-    assert 32 <= len(finished) < 92
+    assert recorded + 32 <= len(finished) < 152
     for path in finished:  # never a half-written file under a final name
         with Image.open(path) as image:
             image.load()
@@ -213,10 +223,10 @@ def test_kill_9_in_the_middle_loses_nothing_and_the_same_command_goes_on(tmp_pat
     with pytest.raises(ConfigError, match=r"quality 90 -> 80.*--redo"):  # half-way, other settings are refused
         prepare_small(layout, dst, quality=80)
     resumed = prepare_small(layout, dst)  # the same command (in this process: a CLI start costs seconds here)
-    assert resumed.kept >= 32 and resumed.kept + resumed.prepared == 92
+    assert resumed.kept >= recorded + 32 and resumed.kept + resumed.prepared == 152
     assert not journal.exists() and not [p for p in dst.rglob(f"*{TMP_MARK}")]
     indexed = index_dataset(dst, dst / "labels.json")
-    assert len(indexed["train"]) == 90 and indexed["train"].prepared
+    assert len(indexed["train"]) == 150 and indexed["train"].prepared
 
 
 def test_prepare_from_s3_and_from_a_url_gives_the_local_sets_files(tmp_path, monkeypatch):
