@@ -9,7 +9,11 @@ def __getattr__(name):
         from .api import AlexNet
 
         return AlexNet
+    if name == "prepare_dataset":
+        from .prepare import prepare_dataset
+
+        return prepare_dataset
     raise AttributeError(f"module 'alexnet_dali' has no attribute {name!r}")
 
 
-__all__ = ["AlexNet", "__version__"]
+__all__ = ["AlexNet", "prepare_dataset", "__version__"]

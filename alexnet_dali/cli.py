@@ -135,10 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(check, [*DATA_OPTIONS, "device", "hw_decoder_load"])
     check.add_argument("--threads", type=bounded("dali_threads"), default=None,
                        help="decoder threads (default: every core on a CPU, the training cap on a GPU)")
+
+    prepare = verbs.add_parser("prepare", help="store SRC's images as the paper's 256x256 squares in DST, once")
+    prepare.add_argument("src", help="data root, http(s) URL or s3://bucket/prefix: anything train reads")
+    prepare.add_argument("dst", help="local folder for the prepared set (train, check, evaluate take it as DATA)")
+    prepare.add_argument("--split", action="append", default=None,
+                         help="split to prepare (repeatable; default: train and val)")
+    prepare.add_argument("--quality", type=int, default=90,
+                         help="JPEG quality of the stored squares (default: 90, chosen in benchmarks/RESULTS.md)")
+    prepare.add_argument("--skip-bad", action="store_true",
+                         help="leave out source files that are not images or cannot be decoded, and list them")
+    prepare.add_argument("--redo", action="store_true",
+                         help="prepare every image again (needed when DST was prepared with other settings)")
+    prepare.add_argument("--threads", type=positive_int, default=None,
+                         help="DALI threads (default: every core on a CPU, the training cap on a GPU)")
+    add_config_options(prepare, [*DATA_OPTIONS, "device", "hw_decoder_load"])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .prepare import PrepareInterrupted
     from .scan import ScanInterrupted
     from .train import TrainingInterrupted
 
@@ -150,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except TrainingInterrupted as e:
         print(f"{e}; run the same command with --resume to continue", file=sys.stderr)
+        return 128 + e.signum
+    except PrepareInterrupted as e:  # Ctrl-C or SIGTERM: what was finished is recorded
+        print(str(e), file=sys.stderr)
         return 128 + e.signum
     except ScanInterrupted as e:  # Ctrl-C during check's or train's scan: what was checked is cached
         print(str(e), file=sys.stderr)
@@ -263,7 +282,7 @@ def run_evaluate(args) -> int:
         change = class_change(bundle.classes, split.classes)
         advice = "" if "label encoding" in change else "; pass the label encoding the model was trained with"
         raise DataError(f"the classes of {args.data} differ from the model's: {change}{advice}")
-    bad = scan_split(split, root, placement)
+    bad = [] if split.prepared else scan_split(split, root, placement)  # prepare verified a prepared set
     if bad:  # a bad file would stop DALI mid-pass: name them all first, as train does
         raise DataError(bad, f"{len(bad)} image(s) in {args.split!r} cannot be decoded")
     result = evaluate_split(bundle, split, placement, ten_crop=args.ten_crop, batch_size=args.batch_size,
@@ -318,4 +337,21 @@ def run_check(args) -> int:
     return 0 if report["ok"] else 1
 
 
-VERBS = {"demo": run_demo, "train": run_train, "predict": run_predict, "evaluate": run_evaluate, "check": run_check}
+def run_prepare(args) -> int:
+    from .log import setup_logging
+    from .prepare import prepare_dataset
+
+    setup_logging(0, "stderr")
+    report = prepare_dataset(args.src, args.dst, labels=args.labels, label_encoding=args.label_encoding,
+                             splits=tuple(args.split) if args.split else None, quality=args.quality,
+                             skip_bad=args.skip_bad, redo=args.redo, threads=args.threads or 0, device=args.device,
+                             hw_decoder_load=args.hw_decoder_load, cache_dir=args.cache_dir, refresh=args.refresh)
+    for path, reason in report.skipped.items():
+        print(f"left out {path}: {reason}")
+    print(f"{report.dst}: {report.images} images ({report.prepared} prepared now, {report.kept} already there, "
+          f"{report.removed} removed, {len(report.skipped)} left out)")
+    print(f"train on it with: alexnet-dali train {report.dst}")
+    return 0
+
+
+VERBS = {"prepare": run_prepare, "demo": run_demo, "train": run_train, "predict": run_predict, "evaluate": run_evaluate, "check": run_check}

@@ -46,6 +46,7 @@ class Split:
     labels: tuple[int, ...]  # class index of each file
     classes: tuple[str, ...]  # class index -> class name (the folder name, the label, the synset id)
     class_names: tuple[str, ...] = ()  # class index -> human-readable name where the data gives one, else ""
+    prepared: bool = False  # the files are `alexnet-dali prepare`'s 256×256 squares (pipelines crop, no resize)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -262,6 +263,15 @@ def index_splits(data, labels_path=None, encoding_path=None,
     past (no data folder, an unreadable label file) raises DataError at once."""
     tree = open_source(data)
     check_root(tree)
+    result, problems = _index_splits(tree, labels_path, encoding_path, splits)
+    from .prepare import prepared_manifest
+
+    if prepared_manifest(tree) is not None:  # a prepared set is known by its manifest
+        result = {name: replace(split, prepared=True) for name, split in result.items()}
+    return result, problems
+
+
+def _index_splits(tree, labels_path, encoding_path, splits: tuple[str, ...]):
     encoding = parse_label_encoding(*read_label_text(encoding_path, "label encoding")) if encoding_path else None
     result: dict[str, Split] = {}
     problems: list[Problem] = []

@@ -83,9 +83,11 @@ def load_training_data(config: TrainConfig, dist_info: DistInfo, placement: Plac
     train, val = splits["train"], splits[config.val_split]
     check_batch_fits(train, config, dist_info.world_size)  # before the scan and the PCA pass
     cache_dir = distributed.broadcast_object(writable_cache(cache_dirs(config, root)) if dist_info.is_main else None)
-    # the ranks share the decoding of what rank 0's cache does not know
-    scanned = scan_images(sorted({*train.files, *val.files}), placement, dist_info=dist_info, announce=True,
-                          cache_path=cache_dir / CACHE_NAME if cache_dir else None)
+    # prepare decoded and verified every file of a prepared set: nothing to scan. Otherwise the
+    # ranks share the decoding of what rank 0's cache does not know.
+    scanned = [] if train.prepared and val.prepared else scan_images(
+        sorted({*train.files, *val.files}), placement, dist_info=dist_info, announce=True,
+        cache_path=cache_dir / CACHE_NAME if cache_dir else None)
     undecodable = {problem.path: problem.reason for problem in scanned}
     if undecodable and not config.skip_bad:
         raise DataError([Problem(path, reason) for path, reason in sorted(undecodable.items())],
@@ -140,8 +142,10 @@ def training_pca(train: Split, config: TrainConfig, dist_info: DistInfo, placeme
     if dist_info.is_main:
         logger.info(f"computing the RGB PCA over {len(files)} training images (cached for later runs)")
     # a batch of at most MAX_SCAN_PIXELS pixels, as the scan's: a folder of huge photos stays in bounded memory
-    pca = compute_pca(files, placement, batch_size=pixel_bounded_batch(files, 64), rank=dist_info.rank,
-                      world_size=dist_info.world_size, all_reduce=all_reduce_int64(placement))
+    # (a prepared set's images are all 256×256: no header to read)
+    batch_size = 64 if train.prepared else pixel_bounded_batch(files, 64)
+    pca = compute_pca(files, placement, batch_size=batch_size, rank=dist_info.rank,
+                      world_size=dist_info.world_size, all_reduce=all_reduce_int64(placement), prepared=train.prepared)
     if dist_info.is_main and path:
         save_pca(pca, path)
     return pca

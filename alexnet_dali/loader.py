@@ -96,6 +96,7 @@ def training_loader(split: Split, pca: PCA, placement: Placement, dist: DistInfo
     pipe = training_pipeline(
         split.files, split.labels, **placement.pipeline_args(), mean=pca.mean, eigval=pca.eigval, eigvec=pca.eigvec,
         lighting=lighting, shard_id=dist.rank, num_shards=dist.world_size, shuffle_seed=derived_seed(seed, 1),
+        prepared=split.prepared,
         batch_size=batch_size, seed=derived_seed(seed, 2, dist.rank), prefetch_queue_depth=prefetch, checkpoint=state,
     )
     pipe.build()
@@ -112,6 +113,7 @@ def evaluation_loader(split: Split, pca: PCA, placement: Placement, dist: DistIn
     """The centre crop, or the paper's ten views ([B, 10, 3, 224, 224]), of this rank's shard."""
     make = tencrop_pipeline if ten_crop else evaluation_pipeline
     pipe = make(split.files, split.labels, **placement.pipeline_args(), mean=pca.mean, shard_id=dist.rank,
-                num_shards=dist.world_size, batch_size=batch_size, prefetch_queue_depth=prefetch)
+                num_shards=dist.world_size, batch_size=batch_size, prefetch_queue_depth=prefetch,
+                prepared=split.prepared)
     pipe.build()
     return DaliLoader(pipe, LastBatchPolicy.PARTIAL)

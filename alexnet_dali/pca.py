@@ -68,8 +68,10 @@ def sample_files(files: Sequence[str], limit: int, seed: int) -> list[str]:
     return [files[i] for i in sorted(picked)]
 
 
-def image_moments(files: Sequence[str], placement, *, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Exact int64 sums over `files`: channel sums [3] and cross products [6]."""
+def image_moments(files: Sequence[str], placement, *, batch_size: int = 64,
+                  prepared: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Exact int64 sums over `files`: channel sums [3] and cross products [6] (`prepared`: the
+    files are prepare's 256×256 squares, read as they are)."""
     from .pipelines.stats import statistics_pipeline
 
     sums = np.zeros(3, dtype=np.int64)
@@ -77,26 +79,45 @@ def image_moments(files: Sequence[str], placement, *, batch_size: int = 64) -> t
     if not files:
         return sums, cross
     batch_size = min(batch_size, len(files))
-    pipe = statistics_pipeline(list(files), **placement.pipeline_args(), batch_size=batch_size, prefetch_queue_depth=2)
+    on_gpu = placement.dali_device == "gpu"  # there the pixels never leave the device
+    pipe = statistics_pipeline(list(files), **placement.pipeline_args(), batch_size=batch_size, prefetch_queue_depth=2,
+                               prepared=prepared, reduce=on_gpu)
     pipe.build()
     remaining = len(files)  # the reader pads the last batch with repeats: count them out
     while remaining > 0:
-        batch_sums, batch_cross = (out.as_cpu() if hasattr(out, "as_cpu") else out for out in pipe.run())
-        take = min(remaining, len(batch_sums))
-        sums += np.stack([np.asarray(batch_sums[i]) for i in range(take)]).sum(axis=0)
-        cross += np.stack([np.asarray(batch_cross[i]) for i in range(take)]).sum(axis=0)
+        outputs = [out.as_cpu() if hasattr(out, "as_cpu") else out for out in pipe.run()]
+        take = min(remaining, len(outputs[0]))
+        if on_gpu:
+            sums += np.stack([np.asarray(outputs[0][i]) for i in range(take)]).sum(axis=0)
+            cross += np.stack([np.asarray(outputs[1][i]) for i in range(take)]).sum(axis=0)
+        for i in range(take if not on_gpu else 0):
+            sums_i, cross_i = square_moments(np.asarray(outputs[0][i]))
+            sums += sums_i
+            cross += cross_i
         remaining -= take
     del pipe
     return sums, cross
 
 
+def square_moments(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact channel sums [3] and cross-product sums [6] (CROSS_PRODUCTS' order) of one uint8 HWC
+    image: a product of two uint8 values fits uint16, and the sums are taken in uint64."""
+    from .pipelines.stats import CROSS_PRODUCTS
+
+    channels = [np.ascontiguousarray(pixels[:, :, c]).astype(np.uint16) for c in range(3)]
+    sums = np.array([c.sum(dtype=np.uint64) for c in channels], dtype=np.int64)
+    cross = np.array([np.multiply(channels[a], channels[b]).sum(dtype=np.uint64) for a, b in CROSS_PRODUCTS],
+                     dtype=np.int64)
+    return sums, cross
+
+
 def compute_pca(files: Sequence[str], placement, *, batch_size: int = 64, rank: int = 0, world_size: int = 1,
-                all_reduce: Callable[[np.ndarray], np.ndarray] | None = None) -> PCA:
+                all_reduce: Callable[[np.ndarray], np.ndarray] | None = None, prepared: bool = False) -> PCA:
     """PCA over `files`, decoded where `placement` (placement.py) says. Under several processes
     each takes every world_size-th file and `all_reduce` (a sum over ranks of an int64 array)
     combines the sums."""
     mine = list(files)[rank::world_size]
-    sums, cross = image_moments(mine, placement, batch_size=batch_size)
+    sums, cross = image_moments(mine, placement, batch_size=batch_size, prepared=prepared)
     totals = np.concatenate([sums, cross])
     if all_reduce is not None and world_size > 1:
         totals = all_reduce(totals)

@@ -204,6 +204,13 @@ class LocalFolder(Source):
     def read_location(location: str) -> bytes:
         return Path(location).read_bytes()
 
+    @classmethod
+    def local_copy(cls, data, labels, label_encoding, *, cache_dir, splits, refresh=False):
+        """As given; a prepared set's carried label files are its labels unless others are given."""
+        from .prepare import prepared_labels
+
+        return (data, *prepared_labels(data, labels, label_encoding))
+
     @staticmethod
     def identity_at(location: str) -> str | None:
         try:

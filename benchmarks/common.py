@@ -306,17 +306,18 @@ def pipeline_threads(device: str) -> int:
 
 
 def training_loader(files, device: str, batch_size: int, *, threads: int | None = None, lighting: float = 0.1,
-                    hw_decoder_load: float = HW_DECODER_LOAD, classes: int = 1000):
+                    hw_decoder_load: float = HW_DECODER_LOAD, classes: int = 1000, prepared: bool = False):
     """The trainer's own loader (the training pipeline, shuffled, to torch tensors on `device`) over
     `files`, labelled 0, 1, ... classes-1 in turn. threads=None: as many as the trainer takes.
-    Returns (loader, DALI threads)."""
+    prepared=True: the files are `alexnet-dali prepare`'s 256 squares. Returns (loader, DALI threads)."""
     from alexnet_dali.data import Split
     from alexnet_dali.distributed import DistInfo
     from alexnet_dali.loader import training_loader as trainer_loader
     from alexnet_dali.pca import PCA
 
     where = placement(device, threads, hw_decoder_load)
-    split = Split("train", tuple(files), tuple(i % classes for i in range(len(files))), tuple(map(str, range(classes))))
+    split = Split("train", tuple(files), tuple(i % classes for i in range(len(files))), tuple(map(str, range(classes))),
+                  prepared=prepared)
     loader = trainer_loader(split, PCA(MEAN, EIGVAL, EIGVEC), where, DistInfo(), batch_size=batch_size, seed=1,
                             lighting=lighting, prefetch=2)
     return loader, where.threads
@@ -380,3 +381,25 @@ def ten_crop_predictor(net, device: str, batch_size: int, precision: str, compil
     pca = PCA(MEAN, (0.0, 0.0, 0.0), ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
     bundle = ModelBundle(net, pca, tuple(str(i) for i in range(net.num_classes)), precision=precision)
     return Predictor(bundle, placement(device), batch_size=batch_size, compile=compile)
+
+
+def prepare(src, dst, *, quality: int = 90, threads: int | None = None, redo: bool = False, labels=None,
+            label_encoding=None):
+    """`alexnet-dali prepare SRC DST` (alexnet_dali.prepare_dataset) on the CPU, without a progress bar."""
+    from alexnet_dali.prepare import prepare_dataset
+
+    return prepare_dataset(str(src), dst, quality=quality, threads=threads or 0, redo=redo, device="cpu",
+                           labels=labels, label_encoding=label_encoding, progress=False)
+
+
+def training_start(data, out, threads: int | None = None):
+    """What `alexnet-dali train DATA` does before its first step on the CPU: index, scan, PCA
+    (alexnet_dali.dataset.load_training_data). Returns the number of training images."""
+    from alexnet_dali.config import TrainConfig
+    from alexnet_dali.dataset import load_training_data
+    from alexnet_dali.distributed import DistInfo
+
+    # batch 1: the start does not depend on the batch, and a small set must not be refused as smaller
+    # than the default batch of 128
+    config = TrainConfig(data=str(data), out=str(out), device="cpu", dali_threads=threads or 0, batch_size=1)
+    return len(load_training_data(config, DistInfo(), placement("cpu", threads)).train)

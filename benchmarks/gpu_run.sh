@@ -16,6 +16,9 @@
 #          first setting (the trainer's 1.0, 8 threads) the decoder without fancy upsampling
 #   inet   one epoch of `alexnet-dali train` on a 50,000-file 1000-class set at the defaults
 #          (hw_decoder_load 1.0) for each of INET's variants
+#   prepared  issue 25: `prepare` of the inet set on the GPU (its time and bytes), one epoch of each
+#          INET variant on the prepared set, and benchmarks/prepare.py's GPU rows (original against
+#          prepared). Run it in its own call after inet: bash benchmarks/gpu_run.sh prepared
 #   demo   `alexnet-dali demo --device gpu` at the current defaults
 set -uo pipefail
 REPO=$PWD
@@ -51,6 +54,24 @@ suite() {  # the GPU tests, then every benchmark at the GPU's sizes, each row pr
 
 IFS=, read -r -a INET_VARIANTS <<< "${INET:-bf16 --compile,bf16 --compile --prefetch 4,bf16,fp32}"
 inet() {  # 1000 classes x (50 train + 5 val) files of the benchmark's 500x375 JPEGs: one epoch each
+  inet_data
+  epochs /tmp/inet epoch
+}
+
+prepared() {  # the same 50k set prepared on the GPU (256 squares, q90), then the epochs and pipeline rows on it
+  [ -d /tmp/inet ] || inet_data
+  rm -rf /tmp/inet-256
+  local t0=$SECONDS
+  timeout 300 python -m alexnet_dali prepare /tmp/inet /tmp/inet-256 --device gpu > "$OUT/prepare.log" 2>&1
+  log "prepare exit $? in $((SECONDS - t0)) s ($(tail -2 $OUT/prepare.log | head -1))"
+  du -sb /tmp/inet/train /tmp/inet-256/train >> "$OUT/prepare.log" 2>&1
+  epochs /tmp/inet-256 prepared-epoch
+  timeout 300 python benchmarks/prepare.py --device gpu --images 4096 --start-files 4096 --no-s3 \
+    --json "$OUT/prepare-bench.json" > "$OUT/prepare-bench.out" 2>&1
+  log "prepare benchmark exit $?"
+}
+
+inet_data() {
   python - <<'EOF' > "$OUT/inet-make.log" 2>&1
 import os, sys
 sys.path.insert(0, "benchmarks")
@@ -68,12 +89,15 @@ for split, per in (("train", 50), ("val", 5)):
 print("made", root)
 EOF
   log "inet data: $(tail -1 $OUT/inet-make.log)"
+}
+
+epochs() {  # epochs DATA TAG: one epoch of `train` on DATA for each of INET's variants
   for variant in "${INET_VARIANTS[@]}"; do
-    name=$(sed -E 's/ +-*/-/g' <<< "$variant"); rm -rf "$W/epoch-$name"  # "bf16 --prefetch 4": bf16-prefetch-4
-    timeout 140 python -m alexnet_dali train /tmp/inet --out "$W/epoch-$name" --epochs 1 \
-      --batch-size 256 --precision $variant > "$OUT/inet-epoch-$name.log" 2>&1
-    log "inet epoch $variant exit $?"
-    cp "$W/epoch-$name/history.json" "$OUT/inet-epoch-$name-history.json" 2>/dev/null
+    name=$(sed -E 's/ +-*/-/g' <<< "$variant"); rm -rf "$W/$2-$name"  # "bf16 --prefetch 4": bf16-prefetch-4
+    timeout 140 python -m alexnet_dali train "$1" --out "$W/$2-$name" --epochs 1 \
+      --batch-size 256 --precision $variant > "$OUT/inet-$2-$name.log" 2>&1
+    log "inet $2 $variant exit $?"
+    cp "$W/$2-$name/history.json" "$OUT/inet-$2-$name-history.json" 2>/dev/null
   done
 }
 

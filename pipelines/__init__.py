@@ -6,6 +6,7 @@ Every pipeline takes `device="cpu"|"gpu"`: the graph is the same, only the decod
 
 from .common import READER_NAME, decode_and_centre, normalised_crop, lighting_mean
 from .evaluate import evaluation_pipeline
+from .prepare import prepare_pipeline
 from .stats import statistics_pipeline
 from .tencrop import TENCROP_ORDER, tencrop_pipeline
 from .train import training_pipeline
@@ -13,4 +14,5 @@ from .train import training_pipeline
 __all__ = [
     "READER_NAME", "decode_and_centre", "normalised_crop", "lighting_mean",
     "training_pipeline", "evaluation_pipeline", "tencrop_pipeline", "TENCROP_ORDER", "statistics_pipeline",
+    "prepare_pipeline",
 ]

@@ -94,6 +94,27 @@ def decode_and_centre(encoded, device: str, hw_decoder_load: float, size: int = 
     return resample(images, device, top, left, region.step, region.out)
 
 
+def centre_square(encoded, device: str, hw_decoder_load: float, prepared: bool = False):
+    """The centre 256×256 of each image: computed (decode_and_centre), or, for a set that
+    `alexnet-dali prepare` stored (prepared=True), the stored square decoded as it is."""
+    if prepared:
+        return decode(encoded, device, hw_decoder_load)
+    return decode_and_centre(encoded, device, hw_decoder_load=hw_decoder_load)
+
+
+def op_seeds(count: int) -> list[dict]:
+    """`seed=` arguments for the pipeline's random operators, derived from the pipeline's seed.
+    DALI otherwise seeds each operator by its place among all the graph's operators, so the
+    prepared graph (no resize) would draw other crops than the original one for the same seed."""
+    from nvidia.dali.pipeline import Pipeline
+
+    seed = Pipeline.current().seed
+    if seed is None:
+        return [{} for _ in range(count)]
+    states = np.random.SeedSequence([seed, 0x5EED]).generate_state(count)
+    return [dict(seed=int(s & 0x7FFFFFFF)) for s in states]
+
+
 class Region(NamedTuple):
     """Where in the source image the out×out result samples (DALI nodes, source pixels)."""
 
@@ -159,7 +180,7 @@ def resample(images, device: str, top, left, step, out: int):
     return result
 
 
-def lighting_mean(mean_rgb, eigval, eigvec, sigma: float):
+def lighting_mean(mean_rgb, eigval, eigvec, sigma: float, seed: dict | None = None):
     """What crop_mirror_normalize subtracts, per image, in 0-255 units.
 
     Section 4.1: to each pixel add eigvec @ (alpha * eigval), alpha ~ N(0, sigma) drawn per image.
@@ -171,7 +192,7 @@ def lighting_mean(mean_rgb, eigval, eigvec, sigma: float):
         return mean255
     # shift = M @ alpha with M = 255 * eigvec @ diag(eigval): one 3×3 transform per image.
     transform = 255.0 * np.asarray(eigvec, dtype=np.float64) @ np.diag(np.asarray(eigval, dtype=np.float64))
-    alpha = fn.random.normal(shape=[1, 3], stddev=sigma)
+    alpha = fn.random.normal(shape=[1, 3], stddev=sigma, **(seed or {}))
     shift = fn.reshape(fn.coord_transform(alpha, M=transform.astype(np.float32).ravel().tolist()), shape=[3])
     return types.Constant(np.asarray(mean255, dtype=np.float32)) - shift
 

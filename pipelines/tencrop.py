@@ -7,7 +7,7 @@ import nvidia.dali.fn as fn
 import nvidia.dali.types as types
 from nvidia.dali import pipeline_def
 
-from .common import decode_and_centre, normalised_crop, on_device, output_layout, read_files
+from .common import centre_square, normalised_crop, on_device, output_layout, read_files
 
 # (name, crop_pos_x, crop_pos_y, mirrored) in output order; anchors are crop_pos · 32 pixels.
 TENCROP_ORDER = tuple(
@@ -21,7 +21,7 @@ ENCODED_INPUT = "encoded"
 
 @pipeline_def(enable_conditionals=True)
 def tencrop_pipeline(files=None, labels=None, *, device: str, hw_decoder_load: float, mean, shard_id: int = 0,
-                     num_shards: int = 1, source=None):
+                     num_shards: int = 1, source=None, prepared: bool = False):
     """From a file list (evaluation, sharded, with labels) or, with files=None, from encoded
     bytes fed to the external source ENCODED_INPUT (prediction)."""
     if files is None:
@@ -29,7 +29,7 @@ def tencrop_pipeline(files=None, labels=None, *, device: str, hw_decoder_load: f
         label = None
     else:
         encoded, label = read_files(files, labels, shard_id=shard_id, num_shards=num_shards, shuffle=False)
-    images = decode_and_centre(encoded, device, hw_decoder_load=hw_decoder_load)
+    images = centre_square(encoded, device, hw_decoder_load, prepared)
     mean255 = [255.0 * float(m) for m in mean]
     layout = output_layout(device)
     views = [normalised_crop(images, mean=mean255, crop_pos_x=x, crop_pos_y=y, mirror=m, layout=layout)

@@ -200,3 +200,19 @@ def test_the_overlap_note_tells_overlapped_from_one_after_the_other(monkeypatch)
     assert overlap_note("x", 6900.0, model, pipeline).endswith(": they overlap")
     assert overlap_note("x", 5.0, {"images_per_sec": 5.0}, {"images_per_sec": 100.0}).endswith(
         ": the halves are too unequal to tell")
+
+
+def test_prepare_benchmark_compares_original_and_prepared_side_by_side(tmp_path):
+    report, stdout = run_benchmark("prepare", tmp_path, "--images", 16, "--batch-size", 8, "--start-files", 24,
+                                   "--sweep-images", 4)
+    names = [row["name"] for row in report["rows"]]
+    assert names == ["prepare", "dali-cpu-decode original", "dali-cpu-decode prepared", "dali-cpu original",
+                     "dali-cpu prepared", "train-start original", "train-start prepared", "prepare-from-s3",
+                     "dali-cpu-s3"]
+    assert all(row["images_per_sec"] > 0 for row in report["rows"])
+    assert [entry["quality"] for entry in report["quality_sweep"]] == [75, 80, 85, 90, 95]
+    errors = [entry["crop_rms"] for entry in report["quality_sweep"]]
+    assert errors == sorted(errors, reverse=True) and errors[-1] > 0  # a higher quality, a smaller error
+    for pattern in (r"bytes: prepared / original = [0-9.]+", r"dali-cpu training pipeline: prepared / original = [0-9.]+",
+                    r"train start: prepared / original = [0-9.]+", r"from s3: streaming every epoch runs at [0-9.]+"):
+        assert re.search(pattern, stdout), pattern
