@@ -41,7 +41,7 @@ JOURNAL_NAME = ".prepare-journal.jsonl"
 TMP_MARK = ".prepare-tmp"  # hidden temporary files: ".NAME.<pid>.prepare-tmp"
 FORMAT = 1
 SIZE = 256  # pipelines.common.SCALE_SIZE
-DEFAULT_QUALITY = 90  # the lowest quality whose 224 crops stay within 5 levels RMS of the original's (RESULTS.md)
+DEFAULT_QUALITY = 90  # lowest whose 224 crops on photographs stay within 5 levels RMS, none beyond 6 (RESULTS.md)
 SUBSAMPLING = "4:2:0"
 RESAMPLING = ("short side to 256, centre 256x256, as pipelines.common.decode_and_centre: bilinear for a "
               "shrink of at most 2x, antialiased (triangle) beyond; EXIF orientation applied")
