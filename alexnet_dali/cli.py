@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--split", action="append", default=None,
                        help="split to check (repeatable; default: every split folder present)")
     check.add_argument("--json", action="store_true", help="print JSON instead of text")
+    check.add_argument("--rescan", action="store_true",
+                       help="decode every image again, ignoring the cached verdicts (which know a file by its path, "
+                            "size and modification time: a file rewritten with both kept passes unseen)")
     add_config_options(check, [*DATA_OPTIONS, "device", "hw_decoder_load"])
     check.add_argument("--threads", type=positive_int, default=None,
                        help="decoder threads (default: every core on a CPU, the training cap on a GPU)")
@@ -287,7 +290,7 @@ def run_check(args) -> int:
     # A URL has no folder listing to find its splits in: the ones asked for, or training's.
     splits = args.split or (list(TRAINING_SPLITS) if is_url(args.data) else None)
     root, labels, encoding = local_data(args, splits)
-    report = check_dataset(root, labels, encoding, placement, splits=splits)
+    report = check_dataset(root, labels, encoding, placement, splits=splits, rescan=args.rescan)
     if root != args.data:  # name the files by their URLs, not by their places in the cache
         for problem in report["problems"]:
             problem["path"] = url_in(args.data, root, problem["path"])

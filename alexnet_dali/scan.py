@@ -385,11 +385,13 @@ def save_scanned(cache: ScanCache, results: dict[str, str | None], total: int) -
         raise ScanInterrupted(results, total) from None
 
 
-def scan_images(files: Sequence[str], placement, *, cache_path: Path | None = None) -> list[Problem]:
+def scan_images(files: Sequence[str], placement, *, cache_path: Path | None = None,
+                rescan: bool = False) -> list[Problem]:
     """Every file that cannot be decoded, with the reason, in the order given; cached, also when
-    Ctrl-C stops the scan (ScanInterrupted)."""
+    Ctrl-C stops the scan (ScanInterrupted). `rescan` decodes every file again whatever the cache
+    holds (a file rewritten with its size and modification time kept) and records the verdicts."""
     cache = ScanCache(cache_path)
-    found, todo = cache.split(files)
+    found, todo = ({}, list(files)) if rescan else cache.split(files)
     if todo:
         try:
             results = decode_check(todo, placement)
