@@ -10,6 +10,7 @@ Only the main process (rank 0) writes files and shows progress; metrics are all-
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -252,7 +253,7 @@ class Run:
         """All ranks call this (they gather their states); rank 0 writes last.pt."""
         mine = {"dali": self.train_loader.state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(self.placement.device) if self.placement.on_gpu else None,
-                "step": 0, "seconds": 0.0, "totals": None, "train_files": files_digest(self.data.train.files)}
+                "step": 0, "seconds": 0.0, "totals": None, "train_files": self.train_files}
         if progress is not None:
             mine.update(progress.to_dict(), seconds=seconds)
         ranks = self.ranks = distributed.gather_objects(mine)
@@ -260,6 +261,10 @@ class Run:
         if self.dist.is_main:
             save_checkpoint(self.state(epoch, ranks).to_dict(), path)
         return path
+
+    @functools.cached_property
+    def train_files(self) -> str:
+        return files_digest(self.data.train.files)  # once: ImageNet's 1.28M paths take a while
 
     def stopped_by_data(self, error: RuntimeError, epoch: int, progress: EpochProgress | None,
                         seconds: float = 0.0) -> DataError:
@@ -293,10 +298,7 @@ def files_digest(files) -> str:
     """Which training files a checkpoint's reader position belongs to."""
     import hashlib
 
-    digest = hashlib.sha1()
-    for f in files:
-        digest.update(os.fsencode(f) + b"\0")
-    return digest.hexdigest()[:20]
+    return hashlib.sha1("\0".join(files).encode("utf-8", "surrogateescape")).hexdigest()[:20]
 
 
 def fmt_rgb(values) -> str:

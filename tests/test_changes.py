@@ -102,7 +102,8 @@ def test_an_image_zeroed_between_runs_is_found_by_decoding_and_resume_is_exact(s
     """Epoch 1 trains; then an image becomes zeros with its size and mtime kept, so the cached
     scan and the cached PCA pass it, and DALI stops epoch 2 naming no file. The run decodes the
     split again, names the file, and records the verdict in the scan cache (the next start
-    refuses it, or --skip-bad leaves it out). With the file restored, --resume is exact."""
+    refuses it; --skip-bad leaves it out, and that epoch's data order starts again). With the file
+    restored, --resume is exact."""
     out = tmp_path / "run"
     one_epoch = [a if a != "2" else "1" for a in ARGS]
     run_cli(*train_args(sixteen, out, *one_epoch), check=True)
@@ -127,6 +128,15 @@ def test_an_image_zeroed_between_runs_is_found_by_decoding_and_resume_is_exact(s
             assert saved["epoch"] == 1 and not saved["ranks"][0]["step"]
         refused = run_cli(*train_args(sixteen, out, *ARGS, "--resume"))  # the cache now knows the file
         assert refused.returncode == 2 and "train_005.jpg: not an image" in error_line(refused.stderr)
+        without = tmp_path / "without"  # --skip-bad leaves it out: that epoch's data order starts again
+        shutil.copytree(out, without)
+        skipped = run_cli(*train_args(sixteen, without, *ARGS, "--resume", "--skip-bad"), check=True)
+        assert "--skip-bad left out 1 undecodable image(s)" in skipped.stderr and "training on 15 images" in skipped.stdout
+        if step:
+            assert (f"the training files differ from those of the checkpoint (left out by --skip-bad, or changed): "
+                    f"epoch 2 starts its data order again from the weights of step {step}") in skipped.stderr
+        assert len(json.loads((without / "history.json").read_text())["loss"]) == 2
+        assert list(json.loads((without / "excluded.json").read_text())) == [str(victim.absolute())]
     finally:
         victim.write_bytes(good)  # restored: a new mtime, so the scan decodes it again
     resumed = run_cli(*train_args(sixteen, out, *ARGS, "--resume"), check=True)
@@ -165,3 +175,20 @@ def test_check_rescan_decodes_what_the_cache_would_pass(tmp_path):
     assert f"{victim.absolute()}: not an image" in rescanned.stdout and "1 problem(s)" in rescanned.stdout
     again = run_cli("check", *layout_args(layout))  # the new verdict is cached
     assert again.returncode == 1 and f"{victim.absolute()}: not an image" in again.stdout
+
+
+def test_dalis_error_text_gives_the_file_and_the_reason_where_it_has_them():
+    """DALI 2.4's words for a local file its reader cannot open (a path may hold spaces, and a
+    shorter path inside the named one is not named), and for a deleted s3:// object (none)."""
+    from alexnet_dali.pipeline_errors import dali_reason, is_pipeline_error, named_files
+
+    local = ("Critical error in pipeline:\nError in CPU operator `nvidia.dali.fn.readers.file`,\nwhich was used in "
+             "the pipeline definition with the following traceback:\n\n  File \"/x/pipelines/common.py\", line 37\n\n"
+             "encountered:\n\nFile mapping failed: /d/train/a b.jpg\nC++ context: [/opt/dali/dali/util/mmaped_file.cc:105]"
+             " \nCurrent pipeline object is no longer valid.")
+    files = ["/d/train/a", "/d/train/a b.jpg", "/d/train/b.jpg"]
+    assert is_pipeline_error(RuntimeError(local)) and not is_pipeline_error(RuntimeError("CUDA out of memory"))
+    assert named_files(local, files) == ["/d/train/a b.jpg"]
+    assert dali_reason(local) == "File mapping failed: /d/train/a b.jpg"
+    bucket = "Critical error in pipeline:\nError in CPU operator `nvidia.dali.fn.readers.file`,\n\nencountered:\n\n: \n"
+    assert named_files(bucket, ["s3://data/train/a.jpg"]) == [] and dali_reason(bucket) == ""
