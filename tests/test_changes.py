@@ -18,7 +18,8 @@ import torch
 
 from conftest import layout_args, make_original_layout, run_cli, train_args, wait_for_progress
 
-ARGS = ("--epochs", "2", "--prefetch", "1")  # 16 images, batch 4: 4 steps an epoch
+# 16 images, batch 2: 8 steps an epoch, so that a reader two batches ahead is still mid-epoch after step 1
+ARGS = ("--epochs", "2", "--prefetch", "1", "--batch-size", "2")
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +67,14 @@ def assert_same_run(out, reference):
 
 def test_images_deleted_mid_epoch_are_named_progress_is_saved_and_resume_is_exact(sixteen, reference, tmp_path):
     """The training images vanish a step into epoch 1 (the process is paused meanwhile, so the
-    reader has at most two batches read ahead): the run stops at the first batch it cannot read,
+    reader is at most a few batches ahead): the run stops at the first batch it cannot read,
     with one line naming the file, exit 2, and a checkpoint at the last good step. With the
     files back, --resume gives the uninterrupted run's lr, losses and weights."""
     out, train, moved = tmp_path / "run", sixteen["data"] / "train", tmp_path / "train-moved"
     process = subprocess.Popen([sys.executable, "-m", "alexnet_dali", *map(str, train_args(sixteen, out, *ARGS))],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_progress(process, "| 1/4")
+        wait_for_progress(process, "| 1/8")
         process.send_signal(signal.SIGSTOP)
         shutil.move(train, moved)
         process.send_signal(signal.SIGCONT)
@@ -84,13 +85,13 @@ def test_images_deleted_mid_epoch_are_named_progress_is_saved_and_resume_is_exac
             shutil.move(moved, train)
     assert process.returncode == 2, stderr[-3000:]
     line = error_line(stderr)
-    found = re.fullmatch(r"error: training stopped in epoch 1 at step (\d)/4: (\S+): missing: deleted or moved after "
+    found = re.fullmatch(r"error: training stopped in epoch 1 at step (\d)/8: (\S+): missing: deleted or moved after "
                          r"the run's scan; progress up to that step is saved in (\S+): restore or replace the file "
                          r"and run the same command with --resume, or add --skip-bad to it to train without the file",
                          line)
     assert found, line
     step = int(found[1])
-    assert 1 <= step <= 3 and Path(found[2]).parent == train.absolute() and found[3] == str(out / "last.pt")
+    assert 1 <= step <= 7 and Path(found[2]).parent == train.absolute() and found[3] == str(out / "last.pt")
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["epoch"] == 0 and state["ranks"][0]["step"] == step
     resumed = run_cli(*train_args(sixteen, out, *ARGS, "--resume"), check=True)
@@ -105,8 +106,7 @@ def test_an_image_zeroed_between_runs_is_found_by_decoding_and_resume_is_exact(s
     refuses it; --skip-bad leaves it out, and that epoch's data order starts again). With the file
     restored, --resume is exact."""
     out = tmp_path / "run"
-    one_epoch = [a if a != "2" else "1" for a in ARGS]
-    run_cli(*train_args(sixteen, out, *one_epoch), check=True)
+    run_cli(*train_args(sixteen, out, *ARGS, "--epochs", "1"), check=True)  # the last --epochs counts
     victim = sixteen["data"] / "train" / "train_005.jpg"
     good = victim.read_bytes()
     zero_keeping_size_and_mtime(victim)
@@ -115,7 +115,7 @@ def test_an_image_zeroed_between_runs_is_found_by_decoding_and_resume_is_exact(s
         assert stopped.returncode == 2, stopped.stderr[-3000:]
         line = error_line(stopped.stderr)
         assert "decoding the pass's 16 images again" in stopped.stdout
-        found = re.fullmatch(r"error: training stopped in epoch 2 at step (\d)/4: (\S+): not an image: unrecognised "
+        found = re.fullmatch(r"error: training stopped in epoch 2 at step (\d)/8: (\S+): not an image: unrecognised "
                              r"content \(starts with b'\\x00.*'\); (.*)", line)
         assert found and found[2] == str(victim.absolute()), line
         step = int(found[1])

@@ -423,12 +423,12 @@ def test_objects_deleted_mid_run_are_named_by_url_and_resume_goes_on(store, tmp_
     upload(store["client"], local["data"], "changing")
     url, out = f"s3://{BUCKET}/changing", tmp_path / "run"
     args = ["train", url, "--labels", f"{url}/labels.json", "--label-encoding", f"{url}/label_encoding.json",
-            "--out", out, "--epochs", "2", "--batch-size", "4", "--lr", "3e-5", "--device", "cpu",
+            "--out", out, "--epochs", "2", "--batch-size", "2", "--lr", "3e-5", "--device", "cpu",
             "--dali-threads", "1", "--prefetch", "1"]
     process = subprocess.Popen([sys.executable, "-m", "alexnet_dali", *map(str, args)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env={**os.environ, **aws_environment(store["endpoint"])})
     try:
-        wait_for_progress(process, "| 1/4")
+        wait_for_progress(process, "| 1/8")
         process.send_signal(signal.SIGSTOP)
         for key in [k for k in bucket_keys(store["client"]) if k.startswith("changing/train/")]:
             store["client"].delete_object(Bucket=BUCKET, Key=key)
@@ -438,12 +438,12 @@ def test_objects_deleted_mid_run_are_named_by_url_and_resume_goes_on(store, tmp_
         process.kill()
     assert process.returncode == 2, stderr[-3000:]
     line = error_line(stderr)
-    found = re.fullmatch(rf"error: training stopped in epoch 1 at step (\d)/4: {url}/train/train_000\.jpg: missing: "
+    found = re.fullmatch(rf"error: training stopped in epoch 1 at step (\d)/8: {url}/train/train_000\.jpg: missing: "
                          rf"deleted or moved after the run's scan; {url}/train/train_001\.jpg: .*; and 13 more file\(s\); "
                          rf"progress up to that step is saved in {out}/last\.pt: .* --resume.*", line)
     assert found, line
     step = int(found[1])
-    assert 1 <= step <= 3 and torch_load_step(out / "last.pt") == (0, step)
+    assert 1 <= step <= 7 and torch_load_step(out / "last.pt") == (0, step)
     upload(store["client"], local["data"] / "train", "changing/train")
     resumed = run_cli(*args, "--resume", env=aws_environment(store["endpoint"]), timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
