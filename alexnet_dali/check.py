@@ -21,10 +21,11 @@ def image_files(tree, folder: str) -> list[str]:
 
 
 def check_dataset(data, labels, label_encoding, placement, *, splits: list[str] | None = None,
-                  cache: bool = True) -> dict:
+                  cache: bool = True, rescan: bool = False) -> dict:
     """{"ok": bool, "images": {split: count}, "classes": [class labels], "problems": [{"path", "reason"}]}
     A local data set's decode results are cached where train looks first (DATA/.alexnet-dali),
-    so a train after a check decodes nothing again."""
+    so a train after a check decodes nothing again. `rescan` decodes every image again, whatever
+    the cache says, and caches the new verdicts."""
     tree = open_source(data)
     check_root(tree)
     # Without a label JSON the splits may be ImageNet's, kept under ILSVRC/Data/CLS-LOC.
@@ -49,7 +50,7 @@ def check_dataset(data, labels, label_encoding, placement, *, splits: list[str] 
         # decode every image file of the split, labelled or not: a label problem hides no decode problem
         files = image_files(tree, join(root, name))
         images[name] = len(files)
-        problems += scan_images(files, placement, cache_path=cache_path)
+        problems += scan_images(files, placement, cache_path=cache_path, rescan=rescan)
     first = next(iter(indexed.values()), None)
     return {
         "ok": not problems,

@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--split", action="append", default=None,
                        help="split to check (repeatable; default: every split folder present)")
     check.add_argument("--json", action="store_true", help="print JSON instead of text")
+    check.add_argument("--rescan", action="store_true",
+                       help="decode every image again, ignoring the cached verdicts (which know a file by its path, "
+                            "size and modification time: a file rewritten with both kept passes unseen)")
     add_config_options(check, [*DATA_OPTIONS, "device", "hw_decoder_load"])
     check.add_argument("--threads", type=bounded("dali_threads"), default=None,
                        help="decoder threads (default: every core on a CPU, the training cap on a GPU)")
@@ -320,7 +323,7 @@ def run_check(args) -> int:
     # A URL has no folder listing to find its splits in: the ones asked for, or training's.
     splits = args.split or (None if lists_its_root(args.data) else list(TRAINING_SPLITS))
     root, labels, encoding = local_data(args, splits)
-    report = check_dataset(root, labels, encoding, placement, splits=splits)
+    report = check_dataset(root, labels, encoding, placement, splits=splits, rescan=args.rescan)
     for problem in report["problems"]:  # name the files by their URLs, not by their places in the cache
         problem["path"] = origin(args.data, root, problem["path"])
     if args.json:

@@ -18,12 +18,14 @@ from .errors import DataError, Problem
 from .jsonio import write_json
 from .log import logger
 from .pca import PCA, compute_pca, load_pca, pca_cache_name, sample_files, save_pca
+from .pipeline_errors import data_changed_error, is_pipeline_error
 from .placement import Placement
 from .scan import CACHE_NAME, pixel_bounded_batch, scan_images
 from .schedule import batch_plan
 from .sources import cache_folder, local_copy, not_on_file_system
 
 EXCLUDED_FILE = "excluded.json"
+FIX_AND_RERUN = "restore or replace it and run the same command again, or add --skip-bad to train without it"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class TrainingData:
     val: Split
     pca: PCA
     excluded: dict  # path -> reason, for files left out by --skip-bad (undecodable, or not images)
+    scan_cache: Path | None = None  # the scan's cache file, where a verdict found later is recorded too
 
 
 def cache_dirs(config: TrainConfig, data_root: str) -> list[Path]:
@@ -114,7 +117,7 @@ def load_training_data(config: TrainConfig, dist_info: DistInfo, placement: Plac
                             "replace them, or remove the class")
         check_batch_fits(train, config, dist_info.world_size)
     pca = training_pca(train, config, dist_info, placement, cache_dir)
-    return TrainingData(train, val, pca, bad)
+    return TrainingData(train, val, pca, bad, cache_dir / CACHE_NAME if cache_dir else None)
 
 
 def check_batch_fits(train: Split, config: TrainConfig, world_size: int) -> None:
@@ -144,8 +147,15 @@ def training_pca(train: Split, config: TrainConfig, dist_info: DistInfo, placeme
     # a batch of at most MAX_SCAN_PIXELS pixels, as the scan's: a folder of huge photos stays in bounded memory
     # (a prepared set's images are all 256×256: no header to read)
     batch_size = 64 if train.prepared else pixel_bounded_batch(files, 64)
-    pca = compute_pca(files, placement, batch_size=batch_size, rank=dist_info.rank,
-                      world_size=dist_info.world_size, all_reduce=all_reduce_int64(placement), prepared=train.prepared)
+    try:
+        pca = compute_pca(files, placement, batch_size=batch_size, rank=dist_info.rank, world_size=dist_info.world_size,
+                          all_reduce=all_reduce_int64(placement), prepared=train.prepared)
+    except RuntimeError as e:  # a file changed since the scan (deleted, rewritten): name it
+        if not is_pipeline_error(e):
+            raise
+        raise data_changed_error(e, files[dist_info.rank::dist_info.world_size], placement,
+                                 where="the RGB PCA pass stopped", advice=FIX_AND_RERUN,
+                                 cache_path=cache_dir / CACHE_NAME if cache_dir else None, log=logger.info) from None
     if dist_info.is_main and path:
         save_pca(pca, path)
     return pca

@@ -407,12 +407,13 @@ def save_scanned(cache: ScanCache, results: dict[str, str | None], total: int) -
 
 
 def scan_images(files: Sequence[str], placement, *, cache_path: Path | None = None, dist_info=None,
-                announce: bool = False) -> list[Problem]:
+                announce: bool = False, rescan: bool = False) -> list[Problem]:
     """Every file that cannot be decoded, with the reason, in the order given; cached, also when
     Ctrl-C stops the scan (ScanInterrupted). The one scan-with-cache path of check, evaluate and
     train: under several processes (dist_info), rank 0 holds the cache and the ranks share the
     decoding of what it does not know; every rank gets the whole answer. `announce` logs how
-    many images are to be decoded."""
+    many images are to be decoded. `rescan` decodes every file again whatever the cache holds (a
+    file rewritten with its size and modification time kept) and records the verdicts."""
     rank, world_size, is_main, share, gather = 0, 1, True, (lambda value: value), (lambda value: [value])
     if dist_info is not None:
         from . import distributed  # imports torch: only where several processes may share the work
@@ -421,7 +422,7 @@ def scan_images(files: Sequence[str], placement, *, cache_path: Path | None = No
         share, gather = distributed.broadcast_object, distributed.gather_objects
     unique = list(dict.fromkeys(files))
     cache = ScanCache(cache_path) if is_main else None
-    known, todo = cache.split(unique) if cache else ({}, [])
+    known, todo = ({}, unique) if rescan or cache is None else cache.split(unique)
     known, todo = share((known, todo))
     if todo and announce and is_main:
         from .log import logger

@@ -32,11 +32,13 @@ from .checkpoint import BEST, HISTORY, LAST, CheckpointError, link, save_checkpo
 from .config import TrainConfig, write_config
 from .distributed import DistInfo
 from .evaluate import autocast, evaluate
+from .errors import DataError
 from .jsonio import write_json
 from .loader import DaliLoader, evaluation_loader, training_loader
 from .log import logger
 from .metrics import Counts, EpochMetrics, append
 from .model import AlexNetModule
+from .pipeline_errors import data_changed_error, is_pipeline_error
 from .placement import Placement, place
 from .schedule import DivergenceGuard, TrainingDiverged, Warmup, batch_plan, divergence_advice, lr_for_batch
 from .dataset import TrainingData, load_training_data
@@ -230,6 +232,7 @@ class Run:
     config: TrainConfig
     dist: DistInfo
     placement: Placement
+    data: TrainingData  # its files: named when one changes under the run
     bundle: ModelBundle  # the network as checkpoints and validation see it
     model: nn.Module  # the bundle's net as the steps run it: in DDP under torchrun, compiled with --compile
     optimizer: torch.optim.Optimizer
@@ -274,7 +277,7 @@ class Run:
         """All ranks call this (they gather their states); rank 0 writes last.pt."""
         mine = {"dali": self.train_loader.state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(self.placement.device) if self.placement.on_gpu else None,
-                "step": 0, "seconds": 0.0, "totals": None}
+                "step": 0, "seconds": 0.0, "totals": None, "train_files": self.train_files}
         if progress is not None:
             mine.update(progress.to_dict(), seconds=seconds)
         ranks = self.ranks = distributed.gather_objects(mine)
@@ -282,6 +285,44 @@ class Run:
         if self.dist.is_main:
             save_checkpoint(self.state(epoch, ranks).to_dict(), path)
         return path
+
+    @functools.cached_property
+    def train_files(self) -> str:
+        return files_digest(self.data.train.files)  # once: ImageNet's 1.28M paths take a while
+
+    def stopped_by_data(self, error: RuntimeError, epoch: int, progress: EpochProgress | None,
+                        seconds: float = 0.0) -> DataError:
+        """A file changed under the run and DALI's pipeline stopped (pipeline_errors.py): save the
+        progress up to the last good step, then the one line naming the file. `progress` is None
+        for the validation pass. Under DDP the other ranks are inside a step and cannot join a
+        checkpoint: last.pt keeps the last one written."""
+        last = self.out / LAST
+        if progress is not None and progress.step and not self.dist.distributed:
+            self.stop_if_diverged(epoch, progress, torch.zeros(0))  # a blown-up model is never saved
+            self.checkpoint(epoch, progress, seconds)  # DALI's reader state is still that of the last good batch
+            kept = f"progress up to that step is saved in {last}"
+        elif last.exists():
+            kept = f"{last} holds the run as of its last checkpoint"
+        else:
+            kept = None
+        fix = "restore or replace the file and run the same command"
+        advice = (f"{kept}: {fix} with --resume, or add --skip-bad to it to train without the file" if kept else
+                  f"no checkpoint was written yet: {fix} again, or add --skip-bad to train without the file")
+        if progress is None:
+            where, files = f"validation after epoch {epoch + 1} stopped", self.data.val.files
+        else:
+            where, files = f"training stopped in epoch {epoch + 1} at step {progress.step}/{len(self.train_loader)}", \
+                self.data.train.files
+        log = logger.info if self.dist.is_main else lambda line: None
+        return data_changed_error(error, files, self.placement, where=where, advice=advice,
+                                  cache_path=self.data.scan_cache if self.dist.is_main else None, log=log)
+
+
+def files_digest(files) -> str:
+    """Which training files a checkpoint's reader position belongs to."""
+    import hashlib
+
+    return hashlib.sha1("\0".join(files).encode("utf-8", "surrogateescape")).hexdigest()[:20]
 
 
 def fmt_rgb(values) -> str:
@@ -302,7 +343,7 @@ def build_run(config: TrainConfig, state: TrainState, data: TrainingData, dist: 
         logger.info(f"the model's RGB PCA (mean {fmt_rgb(pca.mean)}, over {pca.images} images) is kept; this data's "
                     f"differs (mean {fmt_rgb(data.pca.mean)}, over {data.pca.images} images)")
     optimizer, scheduler = make_optimizer(net, config, lr)
-    rank_state = restore(state, config, dist, placement, optimizer, scheduler, lr)
+    rank_state = restore(state, config, dist, placement, data, optimizer, scheduler, lr)
     train_loader, val_loader = make_loaders(config, data, pca, placement, dist, per_process, rank_state)
     warmup = Warmup.for_epochs(optimizer, lr, config.warmup_epochs, len(train_loader))
     guard = DivergenceGuard(len(data.train.classes))
@@ -311,7 +352,7 @@ def build_run(config: TrainConfig, state: TrainState, data: TrainingData, dist: 
         warmup.peak_lr = lr  # a --lr changed on resume is the lr from now on
         guard.load_state_dict(state.guard)
     bundle = ModelBundle(net, pca, data.train.classes, data.train.class_names, config.precision)
-    run = Run(config, dist, placement, bundle, wrap(net, config, dist, placement), optimizer, scheduler, warmup,
+    run = Run(config, dist, placement, data, bundle, wrap(net, config, dist, placement), optimizer, scheduler, warmup,
               guard, train_loader, val_loader, {key: list(values) for key, values in state.history.items()})
     if dist.is_main:
         start_logs(run, data, state.epoch, per_process, lr)
@@ -326,8 +367,8 @@ def make_optimizer(net: nn.Module, config: TrainConfig, lr: float):
     return optimizer, scheduler
 
 
-def restore(state: TrainState, config: TrainConfig, dist: DistInfo, placement: Placement, optimizer, scheduler,
-            lr: float) -> dict | None:
+def restore(state: TrainState, config: TrainConfig, dist: DistInfo, placement: Placement, data: TrainingData,
+            optimizer, scheduler, lr: float) -> dict | None:
     """Load a resumed run's optimiser and schedule (with what the config changed), then seed this
     rank's RNG: its saved one where it resumes, a fresh one per rank otherwise (dropout masks differ
     per rank). Returns this rank's saved state, or None."""
@@ -336,7 +377,7 @@ def restore(state: TrainState, config: TrainConfig, dist: DistInfo, placement: P
         optimizer.load_state_dict(state.optimizer)
         scheduler.load_state_dict(state.scheduler)
         apply_resume_changes(optimizer, scheduler, state.config, config, lr)
-        rank_state = restore_rank(state, dist)
+        rank_state = restore_rank(state, dist, data)
         step = f", step {rank_state['step']}" if rank_state and rank_state["step"] else ""
         logger.info(f"resuming {config.out} at epoch {state.epoch + 1}{step}, lr {optimizer.param_groups[0]['lr']:g}")
     torch.manual_seed(config.seed + 1 + dist.rank)
@@ -347,14 +388,22 @@ def restore(state: TrainState, config: TrainConfig, dist: DistInfo, placement: P
     return rank_state
 
 
-def restore_rank(state: TrainState, dist: DistInfo) -> dict | None:
-    """This rank's saved reader and RNG state, or None where the number of processes changed."""
+def restore_rank(state: TrainState, dist: DistInfo, data: TrainingData) -> dict | None:
+    """This rank's saved reader and RNG state, or None where the number of processes or the
+    training files changed (a reader position means nothing in another list of files)."""
     if len(state.ranks) != dist.world_size:
         if dist.is_main:
             logger.warning(f"the checkpoint was written by {len(state.ranks)} processes, this run has "
                            f"{dist.world_size}: the data order restarts at epoch {state.epoch + 1}")
         return None
-    return state.ranks[dist.rank]
+    saved = state.ranks[dist.rank]
+    if saved.get("train_files") not in (None, files_digest(data.train.files)):
+        if dist.is_main and saved.get("step"):
+            logger.warning(f"the training files differ from those of the checkpoint (left out by --skip-bad, or "
+                           f"changed): epoch {state.epoch + 1} starts its data order again from the weights "
+                           f"of step {saved['step']}")
+        return None
+    return saved
 
 
 def make_loaders(config: TrainConfig, data: TrainingData, pca, placement: Placement, dist: DistInfo,
@@ -445,14 +494,27 @@ def train(config: TrainConfig, state: TrainState | None = None, *, data: Trainin
             rank_state = None
             with tqdm(total=len(run.train_loader), initial=progress.step, disable=not dist.is_main,
                       desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", dynamic_ncols=True) as bar:
-                signum = train_one_epoch(run, epoch, progress, control, bar)
+                started = time.perf_counter()
+                try:
+                    signum = train_one_epoch(run, epoch, progress, control, bar)
+                except RuntimeError as e:  # a file deleted or rewritten since the scan
+                    if not is_pipeline_error(e):
+                        raise
+                    bar.close()
+                    raise run.stopped_by_data(e, epoch, progress,
+                                              progress.seconds + time.perf_counter() - started) from None
             lr = run.optimizer.param_groups[0]["lr"]  # the lr of the epoch's last step (warmup moves it within)
             if signum:
                 raise TrainingInterrupted(signum, run.out / LAST, epoch, progress.step)
             counts = progress.counts.summed()
             loss, top1, top5 = counts.rates()
             images_per_sec = counts.images / max(progress.seconds, 1e-9)
-            val = evaluate(run.bundle.net, run.val_loader, config.precision).summed()
+            try:
+                val = evaluate(run.bundle.net, run.val_loader, config.precision).summed()
+            except RuntimeError as e:
+                if not is_pipeline_error(e):
+                    raise
+                raise run.stopped_by_data(e, epoch, None) from None
             if val.images != len(data.val) and dist.is_main:
                 logger.warning(f"validation counted {val.images} images, the split has {len(data.val)}")
             metrics = EpochMetrics(loss, top1, top5, *val.rates(), lr, images_per_sec)

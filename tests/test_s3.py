@@ -460,3 +460,52 @@ def test_two_torchrun_processes_train_class_folders_from_the_bucket(store, tmp_p
     assert len(history["loss"]) == 2 and all(loss == loss for loss in history["loss"])
     assert load_state(out / "last.pt").bundle.classes == ("ant", "bee")
     assert (out / "cache" / CACHE_NAME).is_file()
+
+
+def test_objects_deleted_mid_run_are_named_by_url_and_resume_goes_on(store, tmp_path):
+    """The training objects are deleted a step into epoch 1 (the process paused meanwhile). DALI
+    names no object (`encountered: : `); the run lists the bucket, names the objects that are gone,
+    saves its progress at the last good step and exits 2. Re-uploaded, --resume finishes the run."""
+    import re
+    import signal
+
+    from conftest import wait_for_progress
+    from test_changes import error_line
+
+    local = make_original_layout(tmp_path / "data", per_split={"train": 16, "val": 4})
+    upload(store["client"], local["data"], "changing")
+    url, out = f"s3://{BUCKET}/changing", tmp_path / "run"
+    args = ["train", url, "--labels", f"{url}/labels.json", "--label-encoding", f"{url}/label_encoding.json",
+            "--out", out, "--epochs", "2", "--batch-size", "2", "--lr", "3e-5", "--device", "cpu",
+            "--dali-threads", "1", "--prefetch", "1"]
+    process = subprocess.Popen([sys.executable, "-m", "alexnet_dali", *map(str, args)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, **aws_environment(store["endpoint"])})
+    try:
+        wait_for_progress(process, "| 1/8")
+        process.send_signal(signal.SIGSTOP)
+        for key in [k for k in bucket_keys(store["client"]) if k.startswith("changing/train/")]:
+            store["client"].delete_object(Bucket=BUCKET, Key=key)
+        process.send_signal(signal.SIGCONT)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 2, stderr[-3000:]
+    line = error_line(stderr)
+    found = re.fullmatch(rf"error: training stopped in epoch 1 at step (\d)/8: {url}/train/train_000\.jpg: missing: "
+                         rf"deleted or moved after the run's scan; {url}/train/train_001\.jpg: .*; and 13 more file\(s\); "
+                         rf"progress up to that step is saved in {out}/last\.pt: .* --resume.*", line)
+    assert found, line
+    step = int(found[1])
+    assert 1 <= step <= 7 and torch_load_step(out / "last.pt") == (0, step)
+    upload(store["client"], local["data"] / "train", "changing/train")
+    resumed = run_cli(*args, "--resume", env=aws_environment(store["endpoint"]), timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at epoch 1, step {step}" in resumed.stdout
+    assert len(json.loads((out / "history.json").read_text())["loss"]) == 2
+
+
+def torch_load_step(path) -> tuple[int, int]:
+    import torch
+
+    state = torch.load(path, weights_only=True)
+    return state["epoch"], state["ranks"][0]["step"]
