@@ -14,12 +14,11 @@ modification time did not change).
 from __future__ import annotations
 
 import os
-import posixpath
 from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import DataError, Problem
-from .s3 import is_s3_url
+from .sources import kind_of, missing_files
 
 PIPELINE_ERROR = "Critical error in pipeline"
 MISSING = "missing: deleted or moved after the run's scan"
@@ -50,29 +49,11 @@ def named_files(text: str, files: Sequence[str]) -> list[str]:
     return [f for f in found if not any(f != other and f in other for other in found)]
 
 
-def missing_files(files: Sequence[str]) -> list[str]:
-    """The files that no longer exist: a stat each, and one listing for s3:// objects."""
-    missing = [f for f in files if not is_s3_url(f) and not os.path.exists(f)]
-    objects = [f for f in files if is_s3_url(f)]
-    if objects:
-        from .s3 import list_objects
-
-        prefix = posixpath.dirname(os.path.commonprefix(objects))
-        try:
-            listed = {f"{prefix}/{key}" for key in list_objects(prefix)}
-        except DataError as e:
-            if "holds no objects" not in str(e):
-                raise
-            listed = set()  # every object under the prefix is gone
-        missing += [f for f in objects if f not in listed]
-    return missing
-
-
 def named_reason(path: str, text: str) -> str:
     """Why DALI could not read a file its error names."""
     from .scan import diagnose
 
-    if not is_s3_url(path) and not os.path.lexists(path):
+    if kind_of(path).on_file_system and not os.path.lexists(path):
         return MISSING
     return diagnose(path) or dali_reason(text) or "DALI could not read it"
 

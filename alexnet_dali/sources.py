@@ -185,6 +185,11 @@ class Source:
         """What `predict` reads for a location it is given: the file itself."""
         return [location]
 
+    @classmethod
+    def missing_among(cls, locations: list[str]) -> list[str]:
+        """The locations (of this kind) whose file no longer exists."""
+        return [location for location in locations if cls.identity_at(location) is None]
+
 
 class LocalFolder(Source):
     """A data set's folder on a file system."""
@@ -203,6 +208,11 @@ class LocalFolder(Source):
     @staticmethod
     def read_location(location: str) -> bytes:
         return Path(location).read_bytes()
+
+    @classmethod
+    def missing_among(cls, locations: list[str]) -> list[str]:
+        """A stat each."""
+        return [location for location in locations if not os.path.exists(location)]
 
     @classmethod
     def local_copy(cls, data, labels, label_encoding, *, cache_dir, splits, refresh=False):
@@ -298,6 +308,18 @@ class S3Bucket(Source):
     @staticmethod
     def identity_at(location: str) -> str | None:
         return s3.object_identity(location)
+
+    @classmethod
+    def missing_among(cls, locations: list[str]) -> list[str]:
+        """One listing of the prefix the objects share, not a request each."""
+        prefix = posixpath.dirname(os.path.commonprefix(locations))
+        try:
+            listed = {f"{prefix}/{key}" for key in s3.list_objects(prefix)}
+        except DataError as e:
+            if "holds no objects" not in str(e):
+                raise
+            listed = set()  # every object under the prefix is gone
+        return [location for location in locations if location not in listed]
 
     @classmethod
     def predicted_files(cls, location: str) -> list[str]:
@@ -479,6 +501,15 @@ def identity_at(location: str) -> str | None:
 def predicted_files(location) -> list[str]:
     """What `predict` reads for a location it is given (a folder expands to its images)."""
     return kind_of(location).predicted_files(os.fspath(location))
+
+
+def missing_files(locations) -> list[str]:
+    """The files (of any kinds) that no longer exist, in the order given: each kind asked once."""
+    by_kind: dict[type[Source], list[str]] = {}
+    for location in locations:
+        by_kind.setdefault(kind_of(location), []).append(location)
+    missing = {location for kind, group in by_kind.items() for location in kind.missing_among(group)}
+    return [location for location in locations if location in missing]
 
 
 def read_label_text(location, what: str) -> tuple[str, str]:

@@ -239,8 +239,9 @@ def test_training_metrics_count_each_image_once_not_the_padded_repeats(tmp_path)
     from alexnet_dali.loader import training_loader
     from alexnet_dali.metrics import Counts
     from alexnet_dali.pca import PCA
-    from alexnet_dali.schedule import Warmup
-    from alexnet_dali.train import EpochProgress, StepControl, train_one_epoch
+    from alexnet_dali.schedule import DivergenceGuard, Warmup
+    from alexnet_dali.state import ModelBundle
+    from alexnet_dali.train import EpochProgress, Run, StepControl, train_one_epoch
     from conftest import write_image
 
     files = tuple(str(write_image(tmp_path / f"{i}.jpg", 64, 64, seed=i)) for i in range(6))
@@ -254,10 +255,11 @@ def test_training_metrics_count_each_image_once_not_the_padded_repeats(tmp_path)
     net.register_forward_hook(lambda module, inputs, output: predicted.append(output.argmax(dim=1)))
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-4)
     progress = EpochProgress(Counts(torch.device("cpu")))
+    config = TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), device="cpu", batch_size=4, lr=1e-4)
+    run = Run(config, DistInfo(), cpu_placement(), None, ModelBundle(net, pca, split.classes), net, optimizer, None,
+              Warmup(optimizer, 1e-4, 0), DivergenceGuard(6), loader, None, {"val_accuracy": [], "val_loss": []})
     with StepControl(0, DistInfo(), torch.device("cpu")) as control, tqdm(disable=True) as bar:
-        train_one_epoch(net, torch.nn.CrossEntropyLoss(), optimizer, loader, progress, precision="fp32",
-                        warmup=Warmup(optimizer, 1e-4, 0), control=control, on_sync=lambda p, images: None,
-                        on_checkpoint=lambda p, seconds: None, bar=bar)
+        train_one_epoch(run, 0, progress, control, bar)
     rows = list(zip(torch.cat(loader.labels).tolist(), torch.cat(predicted).tolist()))
     assert len(rows) == 8  # two full batches went through the network
     right_at_first_sight = {}
