@@ -187,11 +187,13 @@ def test_alexnet_computes_the_pca_once_then_reads_the_cache(tmp_path, capsys):
     from conftest import make_original_layout
 
     layout = make_original_layout(tmp_path / "data")
-    first = AlexNet(layout["data"], layout["labels"], layout["label_encoding"], device="cpu", out_dir=tmp_path / "a")
+    first = AlexNet(layout["data"], layout["labels"], layout["label_encoding"], device="cpu", out_dir=tmp_path / "a",
+                    batch_size=8)
     assert "computing the RGB PCA over 8 training images" in capsys.readouterr().out
     cached = list((layout["data"] / ".alexnet-dali").glob("pca-*.json"))
     assert len(cached) == 1
-    second = AlexNet(layout["data"], layout["labels"], layout["label_encoding"], device="cpu", out_dir=tmp_path / "b")
+    second = AlexNet(layout["data"], layout["labels"], layout["label_encoding"], device="cpu", out_dir=tmp_path / "b",
+                    batch_size=8)
     assert "computing the RGB PCA" not in capsys.readouterr().out
     assert second.pca == first.pca
     reference = compute_pca(first.data.train.files, cpu_placement())

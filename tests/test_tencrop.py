@@ -163,7 +163,7 @@ def test_api_predict_predict_n_save_and_load(tmp_path, images):
     from alexnet_dali import AlexNet
 
     data = make_class_folders(tmp_path / "data", classes=("ant", "bee", "cow", "dog", "eel"))
-    model = AlexNet(data, device="cpu", out_dir=tmp_path / "run", verbose=False)
+    model = AlexNet(data, device="cpu", out_dir=tmp_path / "run", verbose=False, batch_size=4)
     model.net = sensitive_net()
     one = model.predict(str(images["big"]))
     assert one.shape == (5,) and abs(one.sum() - 1) < 1e-5

@@ -72,7 +72,7 @@ def test_shards_are_disjoint_across_nodes(tmp_path, small):
     example), both nodes would read the same images and the rest none."""
     config = {"data": str(small["data"]), "labels": str(small["labels"]),
               "label_encoding": str(small["label_encoding"]), "out": str(tmp_path / "run"), "device": "cpu",
-              "dali_threads": 1}
+              "dali_threads": 1, "batch_size": 2}  # at most the 2 images of a process's shard
     (tmp_path / "config.json").write_text(json.dumps(config))
     agents = start_agents([HERE / "shard_driver.py", tmp_path / "config.json", tmp_path], tmp_path / "logs")
     try:
