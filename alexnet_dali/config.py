@@ -206,9 +206,9 @@ class TrainConfig:
 
 def absolute_location(location: str | None) -> str | None:
     """A local path made absolute (symbolic links kept as given); a URL, s3:// or nothing as is."""
-    from .sources import kind_of
+    from .sources import not_on_file_system
 
-    if not location or not kind_of(location).on_file_system:
+    if not location or not_on_file_system(location):
         return location
     return os.path.abspath(location)
 

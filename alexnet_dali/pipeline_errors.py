@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import DataError, Problem
-from .sources import kind_of, missing_files
+from .sources import missing_files, not_on_file_system
 
 PIPELINE_ERROR = "Critical error in pipeline"
 MISSING = "missing: deleted or moved after the run's scan"
@@ -53,7 +53,7 @@ def named_reason(path: str, text: str) -> str:
     """Why DALI could not read a file its error names."""
     from .scan import diagnose
 
-    if kind_of(path).on_file_system and not os.path.lexists(path):
+    if not not_on_file_system(path) and not os.path.lexists(path):
         return MISSING
     return diagnose(path) or dali_reason(text) or "DALI could not read it"
 

@@ -303,10 +303,11 @@ def prepare_dataset(src: str, dst: str | os.PathLike, *, labels: str | None = No
     from .log import logger
     from .placement import cpu_count, place
     from .rundir import RunLock
+    from .sources import not_on_file_system
 
     if not 1 <= quality <= 100:
         raise ConfigError(f"--quality must be in 1..100, got {quality}")
-    if str(dst).startswith(("s3://", "http://", "https://")):
+    if not_on_file_system(str(dst)):
         raise ConfigError(f"DST {dst} must be a local folder (train reads it from there; upload it afterwards)")
     splits = tuple(splits or DEFAULT_SPLITS)
     dst = Path(dst)

@@ -54,9 +54,9 @@ def check_outside_data(config, out_option: str = "--out", cache_option: str = "-
     split of a local DATA: the run's files (last.pt, config.json, tensorboard/) would become
     files and classes of that split. Creates nothing."""
     from .imagenet import IMAGENET_TREE
-    from .sources import kind_of
+    from .sources import not_on_file_system
 
-    if not config.data or not kind_of(config.data).on_file_system:
+    if not config.data or not_on_file_system(config.data):
         return
     splits = {}
     for root in ("", IMAGENET_TREE):
