@@ -110,20 +110,22 @@ def sixteen(tmp_path_factory):
 
 
 def test_sigkill_right_after_a_checkpoint_then_resume(sixteen, tmp_path):
+    """Two epochs: the first checkpoint is written, the kill lands in the second, the resume
+    finishes it."""
     out = tmp_path / "run"
-    process = start_training(sixteen, out, "--epochs", "3")
+    process = start_training(sixteen, out, "--epochs", "2")
     deadline = time.monotonic() + 120
     while not (out / "last.pt").exists():
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    assert process.wait() == -signal.SIGKILL  # killed, not finished before the signal came
     state = load_checkpoint(out / "last.pt")  # loadable: written atomically
     assert state["epoch"] >= 1
-    run_cli(*train_args(sixteen, out, "--epochs", "3", "--resume"), check=True)
+    run_cli(*train_args(sixteen, out, "--epochs", "2", "--resume"), check=True)
     history = json.loads((out / "history.json").read_text())
-    assert {k: len(v) for k, v in history.items()} == {k: 3 for k in history}
-    assert load_checkpoint(out / "last.pt")["epoch"] == 3
+    assert {k: len(v) for k, v in history.items()} == {k: 2 for k in history}
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2
 
 
 def weights(path):
