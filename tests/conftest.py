@@ -184,7 +184,10 @@ def run_main(*args, capfd=None, check=False) -> subprocess.CompletedProcess:
 
     if capfd is not None:
         capfd.readouterr()
-    status = main([str(a) for a in args])
+    try:
+        status = main([str(a) for a in args])
+    except SystemExit as ended:  # argparse's usage errors and --help, as the process would end
+        status = ended.code if isinstance(ended.code, int) else int(ended.code is not None)
     out, err = capfd.readouterr() if capfd is not None else ("", "")
     if check and status != 0:
         raise AssertionError(f"exit {status}\nstdout:\n{out}\nstderr:\n{err}")
