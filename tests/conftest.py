@@ -175,6 +175,25 @@ def run_cli(*args, cwd=None, env=None, timeout=600, check=False) -> subprocess.C
     return result
 
 
+def run_main(*args, capfd=None, check=False) -> subprocess.CompletedProcess:
+    """`alexnet-dali ARGS` through its main() in this process: the command's own code without a
+    process start (torch and DALI imports: seconds of CPU each), for tests of what a command does
+    rather than of its process. With capfd, what it printed, DALI's C++ output included. An
+    exception escaping main() fails the test, as the traceback a user would see."""
+    from alexnet_dali.cli import main
+
+    if capfd is not None:
+        capfd.readouterr()
+    try:
+        status = main([str(a) for a in args])
+    except SystemExit as ended:  # argparse's usage errors and --help, as the process would end
+        status = ended.code if isinstance(ended.code, int) else int(ended.code is not None)
+    out, err = capfd.readouterr() if capfd is not None else ("", "")
+    if check and status != 0:
+        raise AssertionError(f"exit {status}\nstdout:\n{out}\nstderr:\n{err}")
+    return subprocess.CompletedProcess(args, status, out, err)
+
+
 def wait_for_progress(process: subprocess.Popen, text: str, timeout: float = 120) -> None:
     """Read the progress bar (stderr, redrawn with carriage returns) until it shows `text`."""
     deadline, seen = time.monotonic() + timeout, ""

@@ -127,9 +127,11 @@ def test_cli_check_reads_the_download_tree_and_shows_class_names(tmp_path):
     assert "checked 13 images (train 6, val 7): all images decode and are labelled" in result.stdout
 
 
-def test_a_model_trained_on_imagenet_predicts_with_class_names(tmp_path):
-    """The names travel from LOC_synset_mapping.txt through the checkpoint into predictions."""
+def test_a_model_trained_on_imagenet_predicts_with_class_names(tmp_path, capsys):
+    """The names travel from LOC_synset_mapping.txt through the checkpoint into predictions (the
+    printed ones through main(), the same code as the command without another process)."""
     from alexnet_dali import AlexNet
+    from alexnet_dali.cli import main
 
     imagenet = make_imagenet(tmp_path / "imagenet")
     run = tmp_path / "run"
@@ -140,8 +142,9 @@ def test_a_model_trained_on_imagenet_predicts_with_class_names(tmp_path):
     top = json.loads(result.stdout)[0]["top"]
     assert sorted(entry["label"] for entry in top) == sorted(SYNSET_NAMES)
     assert all(entry["name"] == SYNSET_NAMES[entry["label"]] for entry in top)
-    text = run_cli("predict", run / "last.pt", image, "--topk", "3", "--device", "cpu", check=True).stdout
-    assert "n01440764  tench, Tinca tinca" in text
+    capsys.readouterr()
+    assert main(["predict", str(run / "last.pt"), str(image), "--topk", "3", "--device", "cpu"]) == 0
+    assert "n01440764  tench, Tinca tinca" in capsys.readouterr().out
     model = AlexNet.load(run / "last.pt", device="cpu")
     assert model.class_names == tuple(SYNSET_NAMES[s] for s in model.classes)
     assert AlexNet.load(model.save(tmp_path / "model.pt"), device="cpu").class_names == model.class_names

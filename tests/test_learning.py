@@ -12,7 +12,7 @@ import torch
 from alexnet_dali.checkpoint import load_checkpoint, save_checkpoint
 from alexnet_dali.config import ConfigError, TrainConfig
 from alexnet_dali.schedule import DivergenceGuard, Warmup, lr_for_batch
-from conftest import layout_args, make_original_layout, run_cli, wait_for_progress
+from conftest import layout_args, make_original_layout, run_cli, run_main, wait_for_progress
 
 # -- The lr for the batch ---------------------------------------------------------------------
 
@@ -223,7 +223,7 @@ def small_set_run(tmp_path, epochs: int, *extra) -> tuple[dict, dict]:
 
     paths = make_demo_dataset(tmp_path / "data", counts={"train": 16, "val": 6}, seed=0)
     layout = {"data": paths["data"], "labels": paths["labels"], "label_encoding": paths["label_encoding"]}
-    run_cli(*train_args(layout, tmp_path / "run", "--batch-size", "16", "--epochs", epochs, *extra), check=True)
+    run_main(*train_args(layout, tmp_path / "run", "--batch-size", "16", "--epochs", epochs, *extra), check=True)
     return (json.loads((tmp_path / "run" / "history.json").read_text()),
             json.loads((tmp_path / "run" / "config.json").read_text()))
 
@@ -298,8 +298,9 @@ def sixteen(tmp_path_factory):
     return make_original_layout(tmp_path_factory.mktemp("learning") / "data", per_split={"train": 16, "val": 4})
 
 
-def test_the_lr_used_is_printed_with_its_reason_and_recorded(sixteen, tmp_path):
-    result = run_cli(*train_args(sixteen, tmp_path / "run", "--batch-size", "4", "--epochs", "1"), check=True)
+def test_the_lr_used_is_printed_with_its_reason_and_recorded(sixteen, tmp_path, capfd):
+    result = run_main(*train_args(sixteen, tmp_path / "run", "--batch-size", "4", "--epochs", "1"), capfd=capfd,
+                      check=True)
     assert "lr 0.0003125 = 0.01 x 4 / 128" in result.stdout
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["lr"] is None and config["lr_effective"] == 0.0003125
@@ -313,7 +314,7 @@ WARMUP = ("--batch-size", "4", "--lr", "1e-3", "--warmup-epochs", "1.5")  # 4 st
 @pytest.fixture(scope="module")
 def warmup_reference(sixteen, tmp_path_factory):
     out = tmp_path_factory.mktemp("warmup") / "reference"
-    run_cli(*train_args(sixteen, out, "--epochs", "2", *WARMUP), check=True)
+    run_main(*train_args(sixteen, out, "--epochs", "2", *WARMUP), check=True)
     return out
 
 
@@ -328,20 +329,20 @@ def assert_same_run(out, reference):
         torch.testing.assert_close(mine[key], theirs[key], rtol=1e-5, atol=1e-7, msg=key)
 
 
-def test_warmup_continues_exactly_across_a_resume(sixteen, warmup_reference, tmp_path):
+def test_warmup_continues_exactly_across_a_resume(sixteen, warmup_reference, tmp_path, capfd):
     """The lr of each epoch's last step is 4/6, then all of the peak. Stopping after epoch 1,
     inside the ramp, and resuming gives the same lr, losses and weights as the run that never
     stopped."""
     uninterrupted = json.loads((warmup_reference / "history.json").read_text())
     assert uninterrupted["lr"] == pytest.approx([4e-3 / 6, 1e-3])
     out = tmp_path / "run"
-    first = run_cli(*train_args(sixteen, out, "--epochs", "1", *WARMUP), check=True)
+    first = run_main(*train_args(sixteen, out, "--epochs", "1", *WARMUP), capfd=capfd, check=True)
     assert "lr 0.001 (--lr), reached after 6 warmup steps" in first.stdout
-    run_cli(*train_args(sixteen, out, "--epochs", "2", "--resume", *WARMUP), check=True)
+    run_main(*train_args(sixteen, out, "--epochs", "2", "--resume", *WARMUP), check=True)
     assert_same_run(out, warmup_reference)
 
 
-def test_sigterm_mid_epoch_checkpoints_exits_cleanly_and_resume_is_exact(sixteen, warmup_reference, tmp_path):
+def test_sigterm_mid_epoch_checkpoints_exits_cleanly_and_resume_is_exact(sixteen, warmup_reference, tmp_path, capfd):
     """SIGTERM a step into epoch 1 (inside the warmup ramp, lighting on): the current step
     finishes, a checkpoint is written (reader position, RNG states, partial metrics, the ramp's
     position), the process exits 143 with one clear line. Resuming gives the uninterrupted run's
@@ -362,7 +363,7 @@ def test_sigterm_mid_epoch_checkpoints_exits_cleanly_and_resume_is_exact(sixteen
     state = torch.load(out / "last.pt", weights_only=True)
     step = state["ranks"][0]["step"]
     assert state["epoch"] == 0 and 0 < step < 4 and 0 < state["warmup"]["taken"] < 6, (step, state["warmup"])
-    resumed = run_cli(*train_args(sixteen, out, "--epochs", "2", "--resume", *WARMUP), check=True)
+    resumed = run_main(*train_args(sixteen, out, "--epochs", "2", "--resume", *WARMUP), capfd=capfd, check=True)
     assert f"step {step}" in resumed.stdout
     assert_same_run(out, warmup_reference)
 
@@ -371,12 +372,13 @@ def weights(path):
     return torch.load(path, weights_only=True)["model"]
 
 
-def test_a_run_that_diverges_stops_at_the_next_sync_point_and_saves_nothing_after(tmp_path):
+def test_a_run_that_diverges_stops_at_the_next_sync_point_and_saves_nothing_after(tmp_path, capfd):
     """lr 1 at batch 2: the loss reaches 1e10 in the second step and NaN by the fourth (measured).
     12 steps an epoch: the guard stops the run at step 10, the first sync point, not at the
     epoch's end, and writes no checkpoint of the blown-up weights."""
     layout = make_original_layout(tmp_path / "data", per_split={"train": 24, "val": 4})
-    result = run_cli(*train_args(layout, tmp_path / "run", "--batch-size", "2", "--lr", "1", "--epochs", "2"))
+    result = run_main(*train_args(layout, tmp_path / "run", "--batch-size", "2", "--lr", "1", "--epochs", "2"),
+                      capfd=capfd)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in result.stderr
@@ -386,18 +388,19 @@ def test_a_run_that_diverges_stops_at_the_next_sync_point_and_saves_nothing_afte
     assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "run" / "best.pt").exists()
 
 
-def test_nan_inputs_stop_the_run_with_advice_about_the_inputs_and_best_pt_survives(sixteen, tmp_path):
+def test_nan_inputs_stop_the_run_with_advice_about_the_inputs_and_best_pt_survives(sixteen, tmp_path, capfd):
     """Epoch 1 trains; then the PCA the model keeps in last.pt (the one a resumed run uses) is
     damaged and the run resumes: every input pixel is NaN. The run stops at epoch 2's first sync
     point, says the inputs are at fault, not the lr, and saves nothing after: last.pt and best.pt
     still hold epoch 1, with finite weights."""
     out = tmp_path / "run"
-    run_cli(*train_args(sixteen, out, "--batch-size", "4", "--lr", "1e-3", "--epochs", "1"), check=True)
+    run_main(*train_args(sixteen, out, "--batch-size", "4", "--lr", "1e-3", "--epochs", "1"), check=True)
     best_before = (out / "best.pt").read_bytes()
     state = load_checkpoint(out / "last.pt")
     state["pca"]["mean"] = [math.nan] * 3
     save_checkpoint({k: v for k, v in state.items() if k not in ("format", "version")}, out / "last.pt")
-    result = run_cli(*train_args(sixteen, out, "--batch-size", "4", "--lr", "1e-3", "--epochs", "2", "--resume"))
+    result = run_main(*train_args(sixteen, out, "--batch-size", "4", "--lr", "1e-3", "--epochs", "2", "--resume"),
+                      capfd=capfd)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert line.startswith("error: training stopped in epoch 2 at step 4/4: the training loss became nan; "

@@ -17,7 +17,7 @@ import torch
 
 from alexnet_dali.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from alexnet_dali.config import ConfigError, TrainConfig
-from conftest import make_original_layout, run_cli, train_args
+from conftest import make_original_layout, run_cli, run_main, train_args
 from test_runs import TIMEOUT, copy_run, messages, partial_files
 
 
@@ -44,7 +44,7 @@ def unchanged(*paths: Path) -> dict:
 
 # -- 1. fit after load never writes into the run it came from --------------------------------
 
-def test_fit_after_load_refuses_the_run_directory_it_was_loaded_from(relative_run, tmp_path, monkeypatch):
+def test_fit_after_load_refuses_the_run_directory_it_was_loaded_from(relative_run, tmp_path, monkeypatch, capfd):
     """It used to resume into that run: "resuming RUN at epoch 2", history.json cut, config.json
     rewritten. The CLI refuses the same (train into a run directory with last.pt, no --resume)."""
     from alexnet_dali import AlexNet
@@ -61,14 +61,14 @@ def test_fit_after_load_refuses_the_run_directory_it_was_loaded_from(relative_ru
                                        f"out_dir {out} already holds a training run (last.pt)")
     assert "pass another out_dir" in str(error.value)
     assert unchanged(*files) == before and partial_files(out) == [] and not (out / ".lock").exists()
-    cli = run_cli(*train_args(json.loads((out / "config.json").read_text()), out, "--epochs", "2"))
+    cli = run_main(*train_args(json.loads((out / "config.json").read_text()), out, "--epochs", "2"), capfd=capfd)
     assert cli.returncode == 2 and "last.pt exists" in cli.stderr  # the CLI's refusal, for comparison
 
 
 # -- 2. a run directory or cache inside the data ------------------------------------------------
 
 @pytest.mark.parametrize("option, inside", [("--out", "train/run"), ("--out", "val"), ("--cache-dir", "train/cache")])
-def test_an_out_or_cache_dir_inside_a_split_of_data_is_refused_before_any_work(tmp_path, option, inside):
+def test_an_out_or_cache_dir_inside_a_split_of_data_is_refused_before_any_work(tmp_path, option, inside, capfd):
     """`train DATA --out DATA/train` used to train and write last.pt, config.json and tensorboard/
     into the split; `check` then found a class "tensorboard" and --resume was refused."""
     fresh = make_original_layout(tmp_path / "data")
@@ -77,7 +77,7 @@ def test_an_out_or_cache_dir_inside_a_split_of_data_is_refused_before_any_work(t
     args = train_args(fresh, where if option == "--out" else out, "--epochs", "1")
     if option == "--cache-dir":
         args += ["--cache-dir", where]
-    result = run_cli(*args)
+    result = run_main(*args, capfd=capfd)
     split = inside.split("/")[0]
     assert result.returncode == 2, result.stderr[-2000:]
     assert messages(result.stderr) == [f"error: {option} {where} is inside the {split!r} split of DATA {fresh['data']}: "
@@ -233,7 +233,7 @@ def test_urls_and_buckets_are_recorded_as_given(location):
 
 # -- 6. a full disk before the first checkpoint --------------------------------------------------
 
-def test_a_full_disk_before_the_first_checkpoint_advises_a_plain_rerun_that_works(layout, tmp_path):
+def test_a_full_disk_before_the_first_checkpoint_advises_a_plain_rerun_that_works(layout, tmp_path, capfd):
     """It used to say "run again with --resume", which then failed: "holds no checkpoint". The
     write fails as on a full disk: no file beyond 64 MB (RLIMIT_FSIZE; a checkpoint is 466 MB)."""
     out = tmp_path / "run"
@@ -250,7 +250,7 @@ def test_a_full_disk_before_the_first_checkpoint_advises_a_plain_rerun_that_work
     assert line.endswith("run the same command again, without --resume: the run holds no checkpoint yet, so it "
                          "starts from the beginning")
     assert partial_files(out) == [] and not (out / "last.pt").exists()
-    again = run_cli(*train_args(layout, out, "--epochs", "1"))  # the advice, followed
+    again = run_main(*train_args(layout, out, "--epochs", "1"), capfd=capfd)  # the advice, followed
     assert again.returncode == 0, again.stderr[-3000:]
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
 
@@ -258,13 +258,15 @@ def test_a_full_disk_before_the_first_checkpoint_advises_a_plain_rerun_that_work
 # -- 7. --resume with nothing left to do -----------------------------------------------------------
 
 @pytest.mark.parametrize("epochs", [1, 0])
-def test_resume_with_no_epochs_left_says_so_and_what_would_continue(relative_run, tmp_path, epochs):
+def test_resume_with_no_epochs_left_says_so_and_what_would_continue(relative_run, tmp_path, epochs, monkeypatch,
+                                                                   capfd):
     """It used to print "resuming ... at epoch 2", train nothing and exit 0 without a word."""
     out = copy_run(relative_run / "run", tmp_path / "run")
     before = unchanged(*(out / name for name in ("last.pt", "history.json", "config.json")))
     relative = {"data": "data", "labels": "data/labels.json", "label_encoding": "data/label_encoding.json"}
     extra = ["--epochs", str(epochs)] if epochs else []  # 0: --epochs left out, the run's 1 kept
-    result = run_cli(*train_args(relative, out, "--resume", *extra), cwd=relative_run)
+    monkeypatch.chdir(relative_run)
+    result = run_main(*train_args(relative, out, "--resume", *extra), capfd=capfd)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines() == [
         f"{out} has finished 1 epoch(s), and --epochs is 1: nothing left to do. To train on, pass the total you "

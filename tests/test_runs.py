@@ -21,7 +21,7 @@ import torch
 
 from alexnet_dali.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from alexnet_dali.config import ConfigError
-from conftest import layout_args, make_original_layout, run_cli, tiny_config, train_args, write_image
+from conftest import layout_args, make_original_layout, run_cli, run_main, tiny_config, train_args, write_image
 
 TIMEOUT = 600  # seconds: a generous bound for a step on a loaded two-core machine, not a pace
 
@@ -35,7 +35,7 @@ def layout(tmp_path_factory):
 def one_epoch(layout, tmp_path_factory):
     """A run directory after one epoch (2 steps) of `train_args`."""
     out = tmp_path_factory.mktemp("one") / "run"
-    run_cli(*train_args(layout, out, "--epochs", "1"), check=True)
+    run_main(*train_args(layout, out, "--epochs", "1"), check=True)
     return out
 
 
@@ -57,14 +57,14 @@ def partial_files(out: Path) -> list[str]:
 
 # -- 1. classes ------------------------------------------------------------------------------
 
-def test_resume_with_a_permuted_label_encoding_is_refused_naming_the_moved_classes(layout, one_epoch, tmp_path):
+def test_resume_with_a_permuted_label_encoding_is_refused_naming_the_moved_classes(layout, one_epoch, tmp_path, capfd):
     """Same two classes, other indices: every label would be scrambled."""
     out = copy_run(one_epoch, tmp_path / "run")
     permuted = tmp_path / "permuted.json"
     permuted.write_text(json.dumps({"dog": 0, "cat": 1}))
     args = train_args(layout, out, "--epochs", "2", "--resume")
     args[args.index("--label-encoding") + 1] = permuted
-    result = run_cli(*args)
+    result = run_main(*args, capfd=capfd)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "'cat' 0 -> 1" in result.stderr and "'dog' 1 -> 0" in result.stderr
     assert "label encoding" in result.stderr
@@ -77,14 +77,14 @@ HOLD = ("import sys; from alexnet_dali.rundir import RunLock; lock = RunLock(sys
         "sys.stdin.read()")
 
 
-def test_a_second_train_into_a_held_run_directory_is_refused_naming_the_holder(layout, tmp_path):
+def test_a_second_train_into_a_held_run_directory_is_refused_naming_the_holder(layout, tmp_path, capfd):
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, out], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         assert f"pid {holder.pid}" in (out / ".lock").read_text()
-        result = run_cli(*train_args(layout, out, "--epochs", "1"))
+        result = run_main(*train_args(layout, out, "--epochs", "1"), capfd=capfd)
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
@@ -137,10 +137,10 @@ def test_the_api_holds_its_run_directory_for_the_object_life(layout, tmp_path):
 
 # -- 3. --resume needs a checkpoint -------------------------------------------------------------
 
-def test_resume_without_a_checkpoint_is_an_error(layout, tmp_path):
+def test_resume_without_a_checkpoint_is_an_error(layout, tmp_path, capfd):
     """A typo in --out must not start a new run from scratch."""
     out = tmp_path / "typo"
-    result = run_cli(*train_args(layout, out, "--epochs", "1", "--resume"))
+    result = run_main(*train_args(layout, out, "--epochs", "1", "--resume"), capfd=capfd)
     assert result.returncode == 2, result.stderr[-2000:]
     assert messages(result.stderr) == [f"error: --resume was given, but {out} holds no checkpoint (last.pt or "
                                        "previous.pt); check --out, or leave out --resume to start a new run"]
@@ -160,9 +160,10 @@ def test_a_torchrun_restart_before_the_first_checkpoint_starts_afresh(layout, tm
 
 # -- 4. options on resume ----------------------------------------------------------------------
 
-def test_resume_refuses_options_that_would_make_another_run(layout, one_epoch, tmp_path):
+def test_resume_refuses_options_that_would_make_another_run(layout, one_epoch, tmp_path, capfd):
     out = copy_run(one_epoch, tmp_path / "run")
-    result = run_cli(*train_args(layout, out, "--epochs", "2", "--resume", "--seed", "1", "--lighting", "0"))
+    result = run_main(*train_args(layout, out, "--epochs", "2", "--resume", "--seed", "1", "--lighting", "0"),
+                      capfd=capfd)
     assert result.returncode == 2, result.stderr[-2000:]
     (line,) = messages(result.stderr)
     assert "--seed: 0 -> 1" in line and "--lighting: 0.1 -> 0.0" in line and "--out" in line
@@ -198,7 +199,7 @@ def test_a_field_without_a_resume_rule_is_refused_when_the_config_is_defined():
         check_resume_rules(forgotten)
 
 
-def test_resume_applies_what_may_change_and_config_json_tells_the_truth(layout, one_epoch, tmp_path):
+def test_resume_applies_what_may_change_and_config_json_tells_the_truth(layout, one_epoch, tmp_path, capfd):
     """The command gives a new lr, momentum and patience and leaves out the batch size and the
     lighting: the changes take effect (the optimiser and schedule really use them), the rest
     comes from the checkpoint, and config.json and the next checkpoint record what was used.
@@ -210,8 +211,9 @@ def test_resume_applies_what_may_change_and_config_json_tells_the_truth(layout, 
     write_image(moved["data"] / "train" / "train_red.jpg", 96, 80, array=np.full((80, 96, 3), (250, 0, 0), np.uint8))
     labels = json.loads(Path(layout["labels"]).read_text())
     moved["labels"].write_text(json.dumps({**labels, "train_red": "cat"}))
-    result = run_cli("train", *layout_args(moved), "--out", out, "--resume", "--device", "cpu", "--dali-threads", "1",
-                     "--epochs", "2", "--lr", "1e-4", "--momentum", "0.5", "--lr-patience", "3", check=True)
+    result = run_main("train", *layout_args(moved), "--out", out, "--resume", "--device", "cpu", "--dali-threads", "1",
+                      "--epochs", "2", "--lr", "1e-4", "--momentum", "0.5", "--lr-patience", "3", capfd=capfd,
+                      check=True)
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("changed on resume")]
     for change in ("--epochs: 1 -> 2", "--lr: 3e-05 -> 0.0001", "--momentum: 0.9 -> 0.5", "--lr-patience: 5 -> 3",
                    f"DATA: {layout['data']} -> {moved['data']}"):
@@ -232,12 +234,12 @@ def test_resume_applies_what_may_change_and_config_json_tells_the_truth(layout, 
 
 # -- 5. --out before any work -------------------------------------------------------------------
 
-def test_an_out_that_is_a_file_is_named_before_any_work(layout, tmp_path):
+def test_an_out_that_is_a_file_is_named_before_any_work(layout, tmp_path, capfd):
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     for out, expected in ((a_file, f"--out {a_file} is a file, not a folder"),
                           (a_file / "run", f"--out {a_file / 'run'} cannot be made: {a_file} is a file")):
-        result = run_cli(*train_args(layout, out, "--epochs", "1"))
+        result = run_main(*train_args(layout, out, "--epochs", "1"), capfd=capfd)
         assert result.returncode == 2, result.stderr[-2000:]
         (line,) = messages(result.stderr)
         assert line.startswith(f"error: {expected}")
@@ -307,7 +309,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_last(layout, one_
 
 
 
-def test_a_history_that_cannot_be_written_is_one_line_after_the_checkpoint(layout, one_epoch, tmp_path):
+def test_a_history_that_cannot_be_written_is_one_line_after_the_checkpoint(layout, one_epoch, tmp_path, capfd):
     """history.json is written after the epoch's checkpoint; when that write fails (here the name
     is taken by a folder, which os.replace cannot replace, as a full disk would fail it) the run
     stops with one line naming the file and saying that last.pt holds the epoch. It used to end in a
@@ -315,7 +317,7 @@ def test_a_history_that_cannot_be_written_is_one_line_after_the_checkpoint(layou
     out = copy_run(one_epoch, tmp_path / "run")
     (out / "history.json").unlink()
     (out / "history.json").mkdir()
-    result = run_cli(*train_args(layout, out, "--epochs", "2", "--resume"))
+    result = run_main(*train_args(layout, out, "--epochs", "2", "--resume"), capfd=capfd)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     (line,) = messages(result.stderr)
     assert line.startswith(f"error: cannot write {out / 'history.json'}: Is a directory")
@@ -528,15 +530,15 @@ def test_each_unloadable_file_is_named_for_what_it_is(tmp_path):
         assert "\n" not in message and "weights_only" not in message and "add_safe_globals" not in message
 
 
-def test_resume_and_predict_name_an_unloadable_checkpoint(layout, tmp_path):
+def test_resume_and_predict_name_an_unloadable_checkpoint(layout, tmp_path, capfd):
     unreadable_files(tmp_path)
     out = tmp_path / "run"
     out.mkdir()
     shutil.copy(tmp_path / "missing.pt", out / "last.pt")
-    resumed = run_cli(*train_args(layout, out, "--epochs", "1", "--resume"))
+    resumed = run_main(*train_args(layout, out, "--epochs", "1", "--resume"), capfd=capfd)
     assert resumed.returncode == 2 and messages(resumed.stderr) == [
         f"error: {out / 'last.pt'} is a checkpoint missing keys (classes): it is incomplete or was edited; use "
         "another checkpoint (last.pt, previous.pt, best.pt)"], resumed.stderr[-2000:]
-    predicted = run_cli("predict", tmp_path / "notes.txt", layout["data"] / "val" / "val_000.jpg")
+    predicted = run_main("predict", tmp_path / "notes.txt", layout["data"] / "val" / "val_000.jpg", capfd=capfd)
     assert predicted.returncode == 2 and messages(predicted.stderr) == [
         f"error: {tmp_path / 'notes.txt'} is a text file, not a checkpoint (it begins 'epoch 1: loss 0.5')"]

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from alexnet_dali.scan import MAX_SCAN_PIXELS, ScanCache, decode_check, file_key, pixel_batches, scan_images
-from conftest import cpu_placement, make_class_folders, run_cli, smooth_image, write_image
+from conftest import cpu_placement, make_class_folders, run_cli, run_main, smooth_image, write_image
 
 HUGE_SIDE = 8000  # 64 million pixels: two fill a scan batch (MAX_SCAN_PIXELS)
 ANSI_ESCAPE = "\x1b["
@@ -116,48 +116,48 @@ def test_huge_images_are_scanned_and_sampled_in_bounded_memory(tmp_path, huge_jp
 
 # -- 11: check fills the cache that train reads -------------------------------------------------------
 
-def test_train_after_a_passing_check_decodes_nothing_again(tmp_path):
+def test_train_after_a_passing_check_decodes_nothing_again(tmp_path, capfd):
     data = make_class_folders(tmp_path / "data", per_split={"train": 4, "val": 2})
-    checked = run_cli("check", data)
+    checked = run_main("check", data, capfd=capfd)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    trained = run_cli(*train_args(data, tmp_path / "run"), check=True)
+    trained = run_main(*train_args(data, tmp_path / "run"), capfd=capfd, check=True)
     assert "checking that" not in trained.stdout
     assert "training on 8 images" in trained.stdout
 
 
 # -- 12 and 13: links and stray files, named as the data set holds them ------------------------------
 
-def test_broken_links_and_stray_files_are_named_and_skip_bad_passes_them(tmp_path):
+def test_broken_links_and_stray_files_are_named_and_skip_bad_passes_them(tmp_path, capfd):
     data = make_class_folders(tmp_path / "data", per_split={"train": 4, "val": 2})
     # what operating systems and data sets leave beside images: ignored without a word
     for name in ("Thumbs.db", "desktop.ini", ".DS_Store", "._000.jpg", "README.txt", "LICENSE", "notes.md"):
         (data / "train" / "ant" / name).write_bytes(b"\x00not an image")
     (data / "val" / "bee" / "Thumbs.db").write_bytes(b"\x00")
-    clean = run_cli("check", data)
+    clean = run_main("check", data, capfd=capfd)
     assert clean.returncode == 0, clean.stdout + clean.stderr
 
     link = data / "train" / "bee" / "004.jpg"
     link.symlink_to(tmp_path / "elsewhere" / "gone.jpg")
     stray = data / "train" / "ant" / "boxes.json"
     stray.write_text("{}")
-    checked = run_cli("check", data, "--json")
+    checked = run_main("check", data, "--json", capfd=capfd)
     assert checked.returncode == 1
     reasons = {p["path"]: p["reason"] for p in json.loads(checked.stdout)["problems"]}
     assert set(reasons) == {str(link), str(stray)}
     assert "broken symbolic link" in reasons[str(link)] and "gone.jpg" in reasons[str(link)]
     assert "not an image" in reasons[str(stray)]
 
-    refused = run_cli(*train_args(data, tmp_path / "refused"))
+    refused = run_main(*train_args(data, tmp_path / "refused"), capfd=capfd)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert str(stray) in refused.stderr and "--skip-bad" in refused.stderr
     stray.unlink()
-    refused = run_cli(*train_args(data, tmp_path / "refused2"))
+    refused = run_main(*train_args(data, tmp_path / "refused2"), capfd=capfd)
     assert refused.returncode == 2 and f"{link}: broken symbolic link" in refused.stderr
     assert "gone.jpg: " not in refused.stderr  # the link, not its target, is the file named
     stray.write_text("{}")
 
     out = tmp_path / "skipped"
-    trained = run_cli(*train_args(data, out, "--skip-bad"), check=True)
+    trained = run_main(*train_args(data, out, "--skip-bad"), capfd=capfd, check=True)
     assert "left out 1 undecodable image(s) and 1 file(s) that are not images" in trained.stderr
     assert "training on 8 images" in trained.stdout
     excluded = json.loads((out / "excluded.json").read_text())
@@ -165,7 +165,7 @@ def test_broken_links_and_stray_files_are_named_and_skip_bad_passes_them(tmp_pat
 
 
 
-def test_skip_bad_never_leaves_a_class_without_training_images(tmp_path):
+def test_skip_bad_never_leaves_a_class_without_training_images(tmp_path, capfd):
     """A class whose folder holds only a stray file, or only undecodable images, would keep an
     output no image trains: --skip-bad refuses it by name instead (it trained such a class before)."""
     data = make_class_folders(tmp_path / "data", per_split={"train": 2, "val": 1})
@@ -173,13 +173,13 @@ def test_skip_bad_never_leaves_a_class_without_training_images(tmp_path):
     stray_only = data / "train" / "cow"
     stray_only.mkdir()
     (stray_only / "boxes.json").write_text("{}")
-    refused = run_cli(*train_args(data, tmp_path / "run1", "--skip-bad"))
+    refused = run_main(*train_args(data, tmp_path / "run1", "--skip-bad"), capfd=capfd)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert f"{stray_only}: class folder with no images, only files that are not images" in refused.stderr
 
     (stray_only / "boxes.json").unlink()
     (stray_only / "000.jpg").write_bytes(b"\xff\xd8\xff\xe0 not the rest of a JPEG")
-    refused = run_cli(*train_args(data, tmp_path / "run2", "--skip-bad"))
+    refused = run_main(*train_args(data, tmp_path / "run2", "--skip-bad"), capfd=capfd)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "--skip-bad left class(es) 'cow' without a training image" in refused.stderr
     assert str(stray_only / "000.jpg") in json.loads((tmp_path / "run2" / "excluded.json").read_text())

@@ -182,7 +182,8 @@ def test_api_predict_predict_n_save_and_load(tmp_path, images):
 
 
 def labelled_set(root: Path):
-    return make_class_folders(root, per_split={"train": 2, "val": 3}, classes=("ant", "bee", "cow", "dog", "eel"),
+    """10 validation images, 2 a class: batches of 4 end in a partial one."""
+    return make_class_folders(root, per_split={"train": 2, "val": 2}, classes=("ant", "bee", "cow", "dog", "eel"),
                               size=(300, 260))
 
 
@@ -237,7 +238,10 @@ def test_cli_predict_and_evaluate(tmp_path, images, capsys):
     status, evaluated, _ = printed("evaluate", model_path, data, "--ten-crop", "--json", "--device", "cpu")
     split = index_dataset(data)["val"]
     direct = evaluate_split(bundle(net, classes), split, cpu_placement(), ten_crop=True, batch_size=32, precision=None)
-    assert status == 0 and json.loads(evaluated)["top1"] == pytest.approx(direct["top1"])
+    evaluated = json.loads(evaluated)
+    assert status == 0 and evaluated["images"] == direct["images"] == 10
+    assert evaluated["top1"] == pytest.approx(direct["top1"])
+    assert evaluated["loss"] == pytest.approx(direct["loss"], rel=1e-5)
     status, text, _ = printed("evaluate", model_path, data, "--device", "cpu")
     assert status == 0 and "top-1 accuracy" in text and "error" in text and "centre crop" in text
     status, _, stderr = printed("predict", model_path, tmp_path / "nothing.jpg", "--device", "cpu")

@@ -12,7 +12,7 @@ from alexnet_dali.config import ConfigError, TrainConfig
 from alexnet_dali.metrics import HISTORY_KEYS
 from alexnet_dali.model import AlexNetModule
 from alexnet_dali.train import train
-from conftest import cpu_placement, graphs_captured, make_original_layout, run_cli, tiny_config
+from conftest import cpu_placement, graphs_captured, make_original_layout, run_cli, run_main, tiny_config
 
 
 def untrained_val_loss(config: TrainConfig) -> float:
@@ -145,23 +145,24 @@ def test_config_rejects_unknown_keys_and_wrong_types():
         TrainConfig(precision="fp16")
 
 
-def test_cli_help_lists_every_verb():
+def test_cli_help_lists_every_verb(capfd):
+    """The command's help from a real process; a verb's help from its main(), the same parser."""
     result = run_cli("--help", check=True)
     for verb in ("demo", "train", "predict", "evaluate", "check"):
         assert verb in result.stdout
-    train_help = run_cli("train", "--help", check=True).stdout
+    train_help = run_main("train", "--help", capfd=capfd, check=True).stdout
     for option in ("--labels", "--label-encoding", "--epochs", "--batch-size", "--lr", "--out", "--device", "--resume"):
         assert option in train_help
 
 
-def test_cli_train_runs_and_refuses_to_overwrite_a_run(tmp_path, original_layout):
+def test_cli_train_runs_and_refuses_to_overwrite_a_run(tmp_path, original_layout, capfd):
     args = ["train", original_layout["data"], "--labels", original_layout["labels"], "--label-encoding",
             original_layout["label_encoding"], "--epochs", "1", "--batch-size", "4", "--lr", "0.001",
             "--out", tmp_path / "run", "--device", "cpu"]
     result = run_cli(*args, check=True)
     assert "epoch 1/1" in result.stdout and "tensorboard --logdir" in result.stdout
     assert (tmp_path / "run" / "last.pt").is_file()
-    again = run_cli(*args)
+    again = run_main(*args, capfd=capfd)  # the refusal: main() in this process, without a second start
     assert again.returncode == 2
     assert "last.pt exists: pass --resume" in again.stderr and "Traceback" not in again.stderr
 
@@ -194,8 +195,11 @@ def test_cli_reports_bad_data_without_a_traceback(tmp_path, original_layout):
     assert "extra.jpg" in result.stderr and "unlabelled" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_cli_demo_makes_data_trains_predicts_and_saves(tmp_path):
-    """The README's first command, shortened to one epoch (the full demo is timed in the README)."""
+def test_cli_demo_makes_data_trains_predicts_and_saves(tmp_path, capsys):
+    """The README's first command, shortened to one epoch (the full demo is timed in the README);
+    the refusal to run it again through main(), the same code without a second process."""
+    from alexnet_dali.cli import main
+
     result = run_cli("demo", "--out", tmp_path / "demo", "--epochs", "1", "--device", "cpu", check=True)
     assert "epoch 1/1" in result.stdout and "ten-crop predictions" in result.stdout
     assert "test images right" in result.stdout and "after 1 epoch (chance: 20%)" in result.stdout
@@ -207,8 +211,9 @@ def test_cli_demo_makes_data_trains_predicts_and_saves(tmp_path):
 
     model = AlexNet.load(demo / "model.pt", device="cpu")
     assert model.classes == ("stripes", "columns", "rings", "checks", "diagonals")
-    again = run_cli("demo", "--out", demo, "--epochs", "1")
-    assert again.returncode == 2 and "already holds a demo run" in again.stderr
+    capsys.readouterr()
+    assert main(["demo", "--out", str(demo), "--epochs", "1"]) == 2
+    assert "already holds a demo run" in capsys.readouterr().err
 
 
 class RecordedLabels:
