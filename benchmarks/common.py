@@ -5,6 +5,7 @@ the last section, the only calls the benchmarks make into alexnet_dali."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import multiprocessing
@@ -403,3 +404,36 @@ def training_start(data, out, threads: int | None = None):
     # than the default batch of 128
     config = TrainConfig(data=str(data), out=str(out), device="cpu", dali_threads=threads or 0, batch_size=1)
     return len(load_training_data(config, DistInfo(), placement("cpu", threads)).train)
+
+
+@contextlib.contextmanager
+def moto_bucket(name: str = "bench"):
+    """An S3 client on a fresh bucket of moto's S3 server, run on loopback for the block. The
+    endpoint and credentials go into the environment: DALI's S3 client reads them once per
+    process, at its first s3:// file. Needs boto3 and moto[server] (the test extra)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_REGION="us-east-1",
+                          AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_EC2_METADATA_DISABLED="true")
+        from alexnet_dali.s3 import client
+
+        store = client()
+        store.create_bucket(Bucket=name)
+        yield store
+    finally:
+        server.terminate()
+        server.wait()

@@ -46,7 +46,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from common import (EIGVAL, EIGVEC, HW_DECODER_LOAD, MEAN, base_parser, cpu_count, data_files, decode_only_loader,
-                    devices, drain, parse, pca_pass, pipeline_threads, profile_path, report, sizes, timed,
+                    devices, drain, moto_bucket, parse, pca_pass, pipeline_threads, profile_path, report, sizes, timed,
                     training_loader)
 
 
@@ -188,33 +188,10 @@ def s3_row(files, batch_size: int, threads: int, trials: int) -> dict:
     reader fetches itself (a HEAD and a GET per object), from moto's S3 server on loopback. The
     server is a Python process on the same cores: a floor for what a real store costs, not a
     measure of one. Needs boto3 and moto[server] (the test extra)."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        # DALI's S3 client reads these once per process, at its first s3:// file
-        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_REGION="us-east-1",
-                          AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_EC2_METADATA_DISABLED="true")
-        from alexnet_dali.s3 import client
-
-        store = client()
-        store.create_bucket(Bucket="bench")
+    with moto_bucket() as store:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda f: store.put_object(Bucket="bench", Key=f"train/{Path(f).name}",
                                                      Body=Path(f).read_bytes()), files))
@@ -223,9 +200,6 @@ def s3_row(files, batch_size: int, threads: int, trials: int) -> dict:
         result = timed(lambda: drain(loader, "cpu"), len(urls), trials, warmup=lambda: drain(loader, "cpu"))
         return {"name": "dali-cpu-s3", "base": "dali-cpu-s3", "device": "cpu", "kind": "training pipeline, s3://",
                 "threads": threads, "hw_decoder_load": None, "images": len(urls), "batch_size": batch_size, **result}
-    finally:
-        server.terminate()
-        server.wait()
 
 
 def counts(text: str) -> list[int]:

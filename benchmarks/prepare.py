@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (CACHE, base_parser, cpu_count, decode_only_loader, devices, drain, imagenet_like, parse,
+from common import (CACHE, base_parser, cpu_count, decode_only_loader, devices, drain, imagenet_like, moto_bucket, parse,
                     pipeline_threads, prepare, report, sizes, timed, training_loader, training_start)
 
 QUALITIES = (75, 80, 85, 90, 95)
@@ -118,29 +118,9 @@ def quality_sweep(files: list[str], seed: int = 0) -> list[dict]:
 def s3_rows(source: Path, batch_size: int, trials: int) -> list[dict]:
     """prepare-from-s3 (one pass, the cost paid once) and dali-cpu-s3 (the training pipeline
     streaming the same objects: the cost of every epoch), against moto's server on loopback."""
-    import socket
-    import subprocess
-    import sys
     from concurrent.futures import ThreadPoolExecutor
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_REGION="us-east-1",
-                          AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_EC2_METADATA_DISABLED="true")
-        from alexnet_dali.s3 import client
-
-        store = client()
-        store.create_bucket(Bucket="bench")
+    with moto_bucket() as store:
         objects = [p for p in source.rglob("*.jpg")]
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda p: store.put_object(Bucket="bench", Key=f"set/{p.relative_to(source).as_posix()}",
@@ -159,9 +139,6 @@ def s3_rows(source: Path, batch_size: int, trials: int) -> list[dict]:
                      "images": len(train), "batch_size": batch_size,
                      **timed(lambda: drain(loader, "cpu"), len(train), trials, warmup=lambda: drain(loader, "cpu"))})
         return rows
-    finally:
-        server.terminate()
-        server.wait()
 
 
 def main(argv=None):

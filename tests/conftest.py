@@ -248,3 +248,21 @@ def make_imagenet(root: Path, *, tree: tuple[str, ...] = (), csv_in_val: bool = 
         lines = [f"{s} {name}" for s, name in sorted({**SYNSET_NAMES, UNUSED_SYNSET[0]: UNUSED_SYNSET[1]}.items())]
         (root / "LOC_synset_mapping.txt").write_text("\n".join(lines) + "\n")
     return {"root": root, "images": images, "csv": csv_path, "truth": truth}
+
+
+def weights(path):
+    """A checkpoint's network weights."""
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_same_run(out, reference):
+    """The run in `out` (interrupted and resumed, say) matches the uninterrupted `reference`:
+    history and final weights."""
+    ours = json.loads((out / "history.json").read_text())
+    uninterrupted = json.loads((reference / "history.json").read_text())
+    assert ours["lr"] == uninterrupted["lr"]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert ours[key] == pytest.approx(uninterrupted[key], rel=1e-5), key
+    mine, theirs = weights(out / "last.pt"), weights(reference / "last.pt")
+    for key in theirs:
+        torch.testing.assert_close(mine[key], theirs[key], rtol=1e-5, atol=1e-7, msg=key)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import layout_args, make_original_layout, run_cli, train_args, wait_for_progress
+from conftest import assert_same_run, layout_args, make_original_layout, run_cli, train_args, wait_for_progress
 
 # 16 images, batch 2: 8 steps an epoch, so that a reader two batches ahead is still mid-epoch after step 1
 ARGS = ("--epochs", "2", "--prefetch", "1", "--batch-size", "2")
@@ -48,21 +48,6 @@ def zero_keeping_size_and_mtime(path: Path) -> None:
     before = os.stat(path)
     path.write_bytes(b"\0" * before.st_size)
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-
-
-def weights(path):
-    return torch.load(path, weights_only=True)["model"]
-
-
-def assert_same_run(out, reference):
-    ours = json.loads((out / "history.json").read_text())
-    uninterrupted = json.loads((reference / "history.json").read_text())
-    assert ours["lr"] == uninterrupted["lr"]
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        assert ours[key] == pytest.approx(uninterrupted[key], rel=1e-5), key
-    mine, theirs = weights(out / "last.pt"), weights(reference / "last.pt")
-    for key in theirs:
-        torch.testing.assert_close(mine[key], theirs[key], rtol=1e-5, atol=1e-7, msg=key)
 
 
 def test_images_deleted_mid_epoch_are_named_progress_is_saved_and_resume_is_exact(sixteen, reference, tmp_path):

@@ -12,7 +12,7 @@ import torch
 from alexnet_dali.checkpoint import load_checkpoint, save_checkpoint
 from alexnet_dali.config import ConfigError, TrainConfig
 from alexnet_dali.schedule import DivergenceGuard, Warmup, lr_for_batch
-from conftest import layout_args, make_original_layout, run_cli, run_main, wait_for_progress
+from conftest import assert_same_run, layout_args, make_original_layout, run_cli, run_main, wait_for_progress
 
 # -- The lr for the batch ---------------------------------------------------------------------
 
@@ -318,17 +318,6 @@ def warmup_reference(sixteen, tmp_path_factory):
     return out
 
 
-def assert_same_run(out, reference):
-    ours = json.loads((out / "history.json").read_text())
-    uninterrupted = json.loads((reference / "history.json").read_text())
-    assert ours["lr"] == uninterrupted["lr"]
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        assert ours[key] == pytest.approx(uninterrupted[key], rel=1e-5), key
-    mine, theirs = weights(out / "last.pt"), weights(reference / "last.pt")
-    for key in theirs:
-        torch.testing.assert_close(mine[key], theirs[key], rtol=1e-5, atol=1e-7, msg=key)
-
-
 def test_warmup_continues_exactly_across_a_resume(sixteen, warmup_reference, tmp_path, capfd):
     """The lr of each epoch's last step is 4/6, then all of the peak. Stopping after epoch 1,
     inside the ramp, and resuming gives the same lr, losses and weights as the run that never
@@ -366,10 +355,6 @@ def test_sigterm_mid_epoch_checkpoints_exits_cleanly_and_resume_is_exact(sixteen
     resumed = run_main(*train_args(sixteen, out, "--epochs", "2", "--resume", *WARMUP), capfd=capfd, check=True)
     assert f"step {step}" in resumed.stdout
     assert_same_run(out, warmup_reference)
-
-
-def weights(path):
-    return torch.load(path, weights_only=True)["model"]
 
 
 def test_a_run_that_diverges_stops_at_the_next_sync_point_and_saves_nothing_after(tmp_path, capfd):
