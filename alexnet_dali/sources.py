@@ -210,11 +210,6 @@ class LocalFolder(Source):
         return Path(location).read_bytes()
 
     @classmethod
-    def missing_among(cls, locations: list[str]) -> list[str]:
-        """A stat each."""
-        return [location for location in locations if not os.path.exists(location)]
-
-    @classmethod
     def local_copy(cls, data, labels, label_encoding, *, cache_dir, splits, refresh=False):
         """As given; a prepared set's carried label files are its labels unless others are given."""
         from .prepare import prepared_labels
