@@ -359,9 +359,24 @@ def build_run(config: TrainConfig, state: TrainState, data: TrainingData, dist: 
     return run, rank_state
 
 
+def sgd(parameters, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """Section 5's update rule, in PyTorch's fused implementation: one pass over the 61M weights
+    rather than one per term (a step's update 0.04 s against 0.20 s on one CPU core; RESULTS.md)."""
+    return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True)
+
+
+def load_optimizer_state(optimizer: torch.optim.SGD, saved: dict) -> None:
+    """The saved momentum and settings, in the implementation the optimiser was built with:
+    load_state_dict would also restore a checkpoint's `fused` (None before the fused SGD)."""
+    built = [group["fused"] for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, fused in zip(optimizer.param_groups, built):
+        group["fused"] = fused
+
+
 def make_optimizer(net: nn.Module, config: TrainConfig, lr: float):
     """Section 5: SGD with momentum and weight decay; lr / 10 when the validation error stalls."""
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = sgd(net.parameters(), lr, config.momentum, config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
                                                            patience=config.lr_patience, min_lr=config.min_lr)
     return optimizer, scheduler
@@ -374,7 +389,7 @@ def restore(state: TrainState, config: TrainConfig, dist: DistInfo, placement: P
     per rank). Returns this rank's saved state, or None."""
     rank_state = None
     if state.resumable:
-        optimizer.load_state_dict(state.optimizer)
+        load_optimizer_state(optimizer, state.optimizer)
         scheduler.load_state_dict(state.scheduler)
         apply_resume_changes(optimizer, scheduler, state.config, config, lr)
         rank_state = restore_rank(state, dist, data)

@@ -1,6 +1,7 @@
 """Training images/sec: the model fed from memory (`model-only`) against the model fed by the real
 DALI pipeline (`end-to-end`); their ratio shows how much the input pipeline stalls training.
-On a GPU the rows repeat for fp32, bf16 autocast, channels_last and torch.compile.
+On a GPU the rows repeat for fp32, bf16 autocast, channels_last and torch.compile. The trainer's
+own variant repeats model-only with PyTorch's default SGD (`default-sgd`) against the fused one.
 
     python benchmarks/train.py [--device cpu|gpu|all] [--data DIR] [--images N] [--batch-size B] [--json PATH]
                                [--profile DIR]
@@ -12,7 +13,7 @@ import functools
 
 import torch
 
-from alexnet_dali.train import train_step
+from alexnet_dali.train import sgd, train_step
 from common import (alexnet, base_parser, data_files, devices, parse, profile_path, report, sizes, sync,
                     timed, torch_device)
 from common import training_loader
@@ -25,9 +26,17 @@ GPU_VARIANTS = [("fp32", False, False, False), ("fp32+channels_last", False, Tru
                 ("bf16+channels_last", True, True, False), ("bf16+channels_last+compile", True, True, True)]
 
 
-def build(device: str, channels_last: bool, compiled: bool):
+# The variant `alexnet-dali train` runs by default, whose model-only row is repeated with
+# PyTorch's default SGD implementation against the trainer's fused one
+TRAINER_VARIANT = {"cpu": "fp32", "gpu": "fp32+channels_last"}
+
+
+def build(device: str, channels_last: bool, compiled: bool, fused: bool = True):
     net = alexnet(CLASSES, device, channels_last)
-    optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+    if fused:
+        optimizer = sgd(net.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+    else:
+        optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
     return (torch.compile(net) if compiled else net), optimizer
 
 
@@ -84,6 +93,15 @@ def main(argv=None):
                          "fraction_of_model_only": round(ratio, 3)})
             notes.append(f"{kind} {name}: end-to-end runs at {ratio:.1%} of model-only "
                          f"(data stall {max(0.0, 1 - ratio):.1%})")
+            if name == TRAINER_VARIANT[kind]:
+                net, optimizer = build(kind, channels_last, compiled, fused=False)
+                step = functools.partial(train_step, net, optimizer, precision="fp32")
+                run, n = model_only(step, device, batch_size, images_per_epoch)
+                unfused = timed(run, n, args.trials, warmup=run,
+                                profile_to=profile_path(args, f"model-only {name} default-sgd"))
+                rows.append({"name": f"model-only {name} default-sgd", **common, "images": n, **unfused})
+                notes.append(f"{kind} {name}: model-only with the fused SGD runs at "
+                             f"{alone['images_per_sec'] / unfused['images_per_sec']:.2f}x PyTorch's default SGD")
     return report("AlexNet training (1000 classes)", rows, args, notes)
 
 

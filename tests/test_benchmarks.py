@@ -114,8 +114,11 @@ def test_suite_runs_the_tests_and_every_benchmark_into_one_folder(tmp_path):
     check_rows(reports["pipeline"], ["dali-cpu", "pil-dataloader", "dali-reference-cpu", "dali-cpu-decode",
                                      "pil-dataloader-decode", "dali-cpu-decode-region", "dali-cpu-no-lighting",
                                      "dali-cpu-pca-stats"], 4, 4)
-    check_rows(reports["train"], ["model-only fp32", "end-to-end fp32"], 4, 4)
+    check_rows(reports["train"], ["model-only fp32", "end-to-end fp32", "model-only fp32 default-sgd"], 4, 4)
     assert 0 < reports["train"]["rows"][1]["fraction_of_model_only"]
+    fused_rate, _, default_rate = (row["images_per_sec"] for row in reports["train"]["rows"])
+    assert reports["train"]["notes"][-1] == (f"cpu fp32: model-only with the fused SGD runs at "
+                                             f"{fused_rate / default_rate:.2f}x PyTorch's default SGD")
     check_rows(reports["predict"], TEN_CROP_CPU_ROWS, 4, 4)
     # on 2 cores the network is far slower than decoding: the note must say so, with the rows' figures
     pipeline_rate, waited_rate, model_rate, fed_rate = (row["images_per_sec"] for row in reports["predict"]["rows"])

@@ -84,6 +84,36 @@ def test_tensorboard_scalars_are_written(two_epoch_run):
     np.testing.assert_allclose(losses, result.history["loss"], rtol=1e-6)
 
 
+def test_the_fused_sgd_takes_the_papers_update_and_a_checkpoint_from_before_it_keeps_it_fused():
+    """Section 5's rule (v <- 0.9 v - 0.0005 lr w - lr grad; w <- w + v), written out in float64
+    in PyTorch's form (lr outside the momentum: the same while lr is constant), against the
+    trainer's fused SGD over three steps; then its state loaded from a default SGD (a checkpoint
+    written before the fused one holds fused=None)."""
+    from alexnet_dali.train import load_optimizer_state, sgd
+
+    torch.manual_seed(0)
+    weights, grads = torch.randn(1000), [torch.randn(1000) for _ in range(3)]
+    lr, momentum, decay = 0.01, 0.9, 5e-4
+    w, v = weights.double().clone(), None
+    parameter = torch.nn.Parameter(weights.clone())
+    optimizer = sgd([parameter], lr, momentum, decay)
+    for step, grad in enumerate(grads):
+        d = grad.double() + decay * w
+        v = d if step == 0 else momentum * v + d  # the first step starts the momentum at d
+        w = w - lr * v
+        parameter.grad = grad.clone()
+        optimizer.step()
+    assert optimizer.param_groups[0]["fused"] is True
+    torch.testing.assert_close(parameter.detach().double(), w, rtol=1e-6, atol=1e-7)
+    before = torch.optim.SGD([parameter], lr=lr, momentum=momentum, weight_decay=decay)
+    parameter.grad = grads[0].clone()
+    before.step()
+    assert before.state_dict()["param_groups"][0]["fused"] is None
+    load_optimizer_state(optimizer, before.state_dict())
+    assert optimizer.param_groups[0]["fused"] is True
+    torch.testing.assert_close(optimizer.state[parameter]["momentum_buffer"], before.state[parameter]["momentum_buffer"])
+
+
 def test_training_needs_the_same_classes_as_the_network(tmp_path, original_layout):
     from alexnet_dali.checkpoint import CheckpointError
     from alexnet_dali.pca import PCA
