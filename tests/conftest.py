@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -23,9 +24,37 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+# The tests' folders in memory where Linux offers it: every epoch of a test run writes and fsyncs
+# a 466 MB checkpoint, 0.3 s into /dev/shm against 0.4-1.9 s onto this disk. A passed test's
+# folder is removed as it ends (setup.cfg's tmp_path_retention_policy), so memory holds only the
+# running tests' folders and the module fixtures'. PYTEST_DEBUG_TEMPROOT set by hand wins.
+if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", "/dev/shm")
+
+# glibc gives every freed block over 32 MB back to the kernel, and the next step page-faults it in
+# again: the fc6 gradient alone is 151 MB. In 8 steps of AlexNet at batch 4 on one core that
+# was 0.9 s of system time in 5.5 s (getrusage), 0.07 s without it. The tests' processes
+# (xdist's workers and what they start inherit the variables) keep freed memory for reuse.
+os.environ.setdefault("MALLOC_MMAP_MAX_", "0")
+os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 40))
+
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_folders_removed(request, tmp_path_factory):
+    """The folders a module's fixtures made (their runs hold 0.5-2 GB of checkpoints, in memory
+    under /dev/shm) are removed as the module ends, unless one of its tests failed: the policy
+    setup.cfg sets for a test's own folder. Autouse, so it is set up before the module's other
+    fixtures and torn down after them."""
+    base = tmp_path_factory.getbasetemp()
+    before, failed = set(base.iterdir()), request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for path in set(base.iterdir()) - before:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
