@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_same_run, layout_args, make_original_layout, run_cli, train_args, wait_for_progress
+from conftest import assert_same_run, layout_args, make_original_layout, run_main, train_args, wait_for_progress
 
 # 16 images, batch 2: 8 steps an epoch, so that a reader two batches ahead is still mid-epoch after step 1
 ARGS = ("--epochs", "2", "--prefetch", "1", "--batch-size", "2")
@@ -31,7 +31,7 @@ def sixteen(tmp_path_factory):
 def reference(sixteen, tmp_path_factory):
     """The run that nothing stopped."""
     out = tmp_path_factory.mktemp("changes-reference") / "run"
-    run_cli(*train_args(sixteen, out, *ARGS), check=True)
+    run_main(*train_args(sixteen, out, *ARGS), check=True)
     return out
 
 
@@ -50,7 +50,7 @@ def zero_keeping_size_and_mtime(path: Path) -> None:
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
-def test_images_deleted_mid_epoch_are_named_progress_is_saved_and_resume_is_exact(sixteen, reference, tmp_path):
+def test_images_deleted_mid_epoch_are_named_progress_is_saved_and_resume_is_exact(sixteen, reference, tmp_path, capfd):
     """The training images vanish a step into epoch 1 (the process is paused meanwhile, so the
     reader is at most a few batches ahead): the run stops at the first batch it cannot read,
     with one line naming the file, exit 2, and a checkpoint at the last good step. With the
@@ -79,24 +79,24 @@ def test_images_deleted_mid_epoch_are_named_progress_is_saved_and_resume_is_exac
     assert 1 <= step <= 7 and Path(found[2]).parent == train.absolute() and found[3] == str(out / "last.pt")
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["epoch"] == 0 and state["ranks"][0]["step"] == step
-    resumed = run_cli(*train_args(sixteen, out, *ARGS, "--resume"), check=True)
+    resumed = run_main(*train_args(sixteen, out, *ARGS, "--resume"), capfd=capfd, check=True)
     assert f"at epoch 1, step {step}" in resumed.stdout
     assert_same_run(out, reference)
 
 
-def test_an_image_zeroed_between_runs_is_found_by_decoding_and_resume_is_exact(sixteen, reference, tmp_path):
+def test_an_image_zeroed_between_runs_is_found_by_decoding_and_resume_is_exact(sixteen, reference, tmp_path, capfd):
     """Epoch 1 trains; then an image becomes zeros with its size and mtime kept, so the cached
     scan and the cached PCA pass it, and DALI stops epoch 2 naming no file. The run decodes the
     split again, names the file, and records the verdict in the scan cache (the next start
     refuses it; --skip-bad leaves it out, and that epoch's data order starts again). With the file
     restored, --resume is exact."""
     out = tmp_path / "run"
-    run_cli(*train_args(sixteen, out, *ARGS, "--epochs", "1"), check=True)  # the last --epochs counts
+    run_main(*train_args(sixteen, out, *ARGS, "--epochs", "1"), capfd=capfd, check=True)  # the last --epochs counts
     victim = sixteen["data"] / "train" / "train_005.jpg"
     good = victim.read_bytes()
     zero_keeping_size_and_mtime(victim)
     try:
-        stopped = run_cli(*train_args(sixteen, out, *ARGS, "--resume"))
+        stopped = run_main(*train_args(sixteen, out, *ARGS, "--resume"), capfd=capfd)
         assert stopped.returncode == 2, stopped.stderr[-3000:]
         line = error_line(stopped.stderr)
         assert "decoding the pass's 16 images again" in stopped.stdout
@@ -111,11 +111,11 @@ def test_an_image_zeroed_between_runs_is_found_by_decoding_and_resume_is_exact(s
         else:
             assert found[3].startswith(f"{out / 'last.pt'} holds the run as of its last checkpoint")
             assert saved["epoch"] == 1 and not saved["ranks"][0]["step"]
-        refused = run_cli(*train_args(sixteen, out, *ARGS, "--resume"))  # the cache now knows the file
+        refused = run_main(*train_args(sixteen, out, *ARGS, "--resume"), capfd=capfd)  # the cache now knows the file
         assert refused.returncode == 2 and "train_005.jpg: not an image" in error_line(refused.stderr)
         without = tmp_path / "without"  # --skip-bad leaves it out: that epoch's data order starts again
         shutil.copytree(out, without)
-        skipped = run_cli(*train_args(sixteen, without, *ARGS, "--resume", "--skip-bad"), check=True)
+        skipped = run_main(*train_args(sixteen, without, *ARGS, "--resume", "--skip-bad"), capfd=capfd, check=True)
         assert "--skip-bad left out 1 undecodable image(s)" in skipped.stderr and "training on 15 images" in skipped.stdout
         if step:
             assert (f"the training files differ from those of the checkpoint (left out by --skip-bad, or changed): "
@@ -124,41 +124,41 @@ def test_an_image_zeroed_between_runs_is_found_by_decoding_and_resume_is_exact(s
         assert list(json.loads((without / "excluded.json").read_text())) == [str(victim.absolute())]
     finally:
         victim.write_bytes(good)  # restored: a new mtime, so the scan decodes it again
-    resumed = run_cli(*train_args(sixteen, out, *ARGS, "--resume"), check=True)
+    resumed = run_main(*train_args(sixteen, out, *ARGS, "--resume"), capfd=capfd, check=True)
     assert "checking that 1 images decode" in resumed.stdout
     assert_same_run(out, reference)
 
 
-def test_the_pca_pass_names_an_image_zeroed_after_check_and_skip_bad_leaves_it_out(tmp_path):
+def test_the_pca_pass_names_an_image_zeroed_after_check_and_skip_bad_leaves_it_out(tmp_path, capfd):
     layout = make_original_layout(tmp_path / "data", per_split={"train": 8, "val": 4})
-    assert run_cli("check", *layout_args(layout)).returncode == 0
+    assert run_main("check", *layout_args(layout), capfd=capfd).returncode == 0
     victim = layout["data"] / "train" / "train_003.jpg"
     zero_keeping_size_and_mtime(victim)
-    stopped = run_cli(*train_args(layout, tmp_path / "run", "--epochs", "1"))
+    stopped = run_main(*train_args(layout, tmp_path / "run", "--epochs", "1"), capfd=capfd)
     assert stopped.returncode == 2
     assert error_line(stopped.stderr) == (
         f"error: the RGB PCA pass stopped: {victim.absolute()}: not an image: unrecognised content (starts with "
         r"b'\x00\x00\x00\x00\x00\x00\x00\x00'); restore or replace it and run the same command again, or add "
         "--skip-bad to train without it")
     assert not (tmp_path / "run" / "last.pt").exists()
-    skipped = run_cli(*train_args(layout, tmp_path / "run", "--epochs", "1", "--skip-bad"), check=True)
+    skipped = run_main(*train_args(layout, tmp_path / "run", "--epochs", "1", "--skip-bad"), capfd=capfd, check=True)
     assert "training on 7 images" in skipped.stdout
     assert list(json.loads((tmp_path / "run" / "excluded.json").read_text())) == [str(victim.absolute())]
 
 
-def test_check_rescan_decodes_what_the_cache_would_pass(tmp_path):
+def test_check_rescan_decodes_what_the_cache_would_pass(tmp_path, capfd):
     """The cache knows a file by path, size and mtime: zeros written over an image with both kept
     pass a cached `check`; `check --rescan` decodes every file again and names it."""
     layout = make_original_layout(tmp_path / "data", per_split={"train": 4, "val": 2})
-    assert run_cli("check", *layout_args(layout)).returncode == 0
+    assert run_main("check", *layout_args(layout), capfd=capfd).returncode == 0
     victim = layout["data"] / "train" / "train_001.jpg"
     zero_keeping_size_and_mtime(victim)
-    cached = run_cli("check", *layout_args(layout))
+    cached = run_main("check", *layout_args(layout), capfd=capfd)
     assert cached.returncode == 0 and "all images decode" in cached.stdout  # what the cache cannot see
-    rescanned = run_cli("check", *layout_args(layout), "--rescan")
+    rescanned = run_main("check", *layout_args(layout), "--rescan", capfd=capfd)
     assert rescanned.returncode == 1
     assert f"{victim.absolute()}: not an image" in rescanned.stdout and "1 problem(s)" in rescanned.stdout
-    again = run_cli("check", *layout_args(layout))  # the new verdict is cached
+    again = run_main("check", *layout_args(layout), capfd=capfd)  # the new verdict is cached
     assert again.returncode == 1 and f"{victim.absolute()}: not an image" in again.stdout
 
 

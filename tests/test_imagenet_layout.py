@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from alexnet_dali.data import DataError, index_dataset
-from conftest import SYNSET_NAMES, make_imagenet, run_cli, write_image
+from conftest import SYNSET_NAMES, make_imagenet, run_cli, run_main, write_image
 
 def check_against_truth(splits: dict, imagenet: dict) -> None:
     train, val = splits["train"], splits["val"]
@@ -135,8 +135,8 @@ def test_a_model_trained_on_imagenet_predicts_with_class_names(tmp_path, capsys)
 
     imagenet = make_imagenet(tmp_path / "imagenet")
     run = tmp_path / "run"
-    run_cli("train", imagenet["root"], "--out", run, "--epochs", "1", "--batch-size", "2", "--lr", "1e-4",
-            "--device", "cpu", "--dali-threads", "1", check=True)
+    run_main("train", imagenet["root"], "--out", run, "--epochs", "1", "--batch-size", "2", "--lr", "1e-4",
+             "--device", "cpu", "--dali-threads", "1", check=True)
     image = sorted((imagenet["images"] / "val").glob("*.JPEG"))[0]
     result = run_cli("predict", run / "last.pt", image, "--topk", "3", "--json", "--device", "cpu", check=True)
     top = json.loads(result.stdout)[0]["top"]

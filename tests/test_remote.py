@@ -27,7 +27,7 @@ from alexnet_dali.distributed import DistInfo
 from alexnet_dali.dataset import index
 from alexnet_dali.remote import FetchPolicy, fetch_dataset, parse_index_page
 from alexnet_dali.sources import HttpSite, LocalFolder, cache_folder_name
-from conftest import make_original_layout, run_cli, smooth_image, write_image
+from conftest import make_original_layout, run_main, smooth_image, write_image
 
 FAST = FetchPolicy(workers=4, attempts=3, timeout_s=5.0, first_wait_s=0.05)
 
@@ -416,32 +416,33 @@ def test_index_pages_of_nginx_and_apache(page):
     assert folders == ["nested"]
 
 
-def test_cli_trains_and_evaluates_from_a_url(tree, tmp_path):
+def test_cli_trains_and_evaluates_from_a_url(tree, tmp_path, capfd):
     labels = ("--labels", str(tree["labels"]), "--label-encoding", str(tree["label_encoding"]))
     with serve(tree["data"]) as (url, _):
-        result = run_cli("train", url, "--labels", url + "labels.json", "--label-encoding", url + "label_encoding.json",
-                         "--cache-dir", tmp_path / "cache", "--epochs", "1", "--batch-size", "4", "--lr", "0.001",
-                         "--out", tmp_path / "run", "--device", "cpu", "--dali-threads", "1", check=True)
+        result = run_main("train", url, "--labels", url + "labels.json", "--label-encoding", url + "label_encoding.json",
+                          "--cache-dir", tmp_path / "cache", "--epochs", "1", "--batch-size", "4", "--lr", "0.001",
+                          "--out", tmp_path / "run", "--device", "cpu", "--dali-threads", "1", capfd=capfd, check=True)
         assert "downloading 12 files" in result.stdout and "epoch 1/1" in result.stdout
         assert f"tensorboard --logdir {tmp_path / 'run' / 'tensorboard'}" in result.stdout
         assert (tmp_path / "run" / "last.pt").is_file()
         assert len(list((tmp_path / "cache").glob("*/train/*.jpg"))) == 8
-        remote = run_cli("evaluate", tmp_path / "run" / "last.pt", url, *labels, "--cache-dir", tmp_path / "cache2",
-                         "--device", "cpu", "--json", check=True)
-    local = run_cli("evaluate", tmp_path / "run" / "last.pt", tree["data"], *labels, "--device", "cpu", "--json",
-                    check=True)
+        remote = run_main("evaluate", tmp_path / "run" / "last.pt", url, *labels, "--cache-dir", tmp_path / "cache2",
+                          "--device", "cpu", "--json", capfd=capfd, check=True)
+    local = run_main("evaluate", tmp_path / "run" / "last.pt", tree["data"], *labels, "--device", "cpu", "--json",
+                     capfd=capfd, check=True)
     assert json.loads(remote.stdout) == json.loads(local.stdout)
     assert json.loads(remote.stdout)["images"] == 4
     assert "downloading 4 files" in remote.stderr  # the split evaluated, nothing else
     assert not list((tmp_path / "cache2").glob("*/train/*"))
 
 
-def test_cli_check_takes_a_url_and_names_bad_files_by_url(tree, tmp_path):
+def test_cli_check_takes_a_url_and_names_bad_files_by_url(tree, tmp_path, capfd):
     train = tree["data"] / "train"
     whole = (train / "train_001.jpg").read_bytes()
     (train / "train_001.jpg").write_bytes(whole[: len(whole) // 2])
     with serve(tree["data"]) as (url, _):
-        result = run_cli("check", url, "--labels", url + "labels.json", "--cache-dir", tmp_path / "cache", "--json")
+        result = run_main("check", url, "--labels", url + "labels.json", "--cache-dir", tmp_path / "cache", "--json",
+                          capfd=capfd)
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout)
     assert report["images"] == {"train": 8, "val": 4} and report["classes"] == ["cat", "dog"]
@@ -675,15 +676,15 @@ def test_refresh_is_an_option_of_train_check_and_evaluate(tree, tmp_path):
     assert (Path(root) / "val" / "val_003.jpg").read_bytes() == (tree["data"] / "val" / "val_003.jpg").read_bytes()
 
 
-def test_cli_check_refresh_names_a_file_replaced_on_the_server(tree, tmp_path):
+def test_cli_check_refresh_names_a_file_replaced_on_the_server(tree, tmp_path, capfd):
     with serve(tree["data"]) as (url, _):
         fetch(url, tmp_path / "cache", encoding=None)  # a cache of good files
         replaced = tree["data"] / "train" / "train_001.jpg"
         whole = replaced.read_bytes()
         replaced.write_bytes(whole[: len(whole) // 2])  # served whole (its Content-Length holds): the scan's to name
         later(replaced)
-        result = run_cli("check", url, "--labels", url + "labels.json", "--cache-dir", tmp_path / "cache", "--json",
-                         "--refresh")
+        result = run_main("check", url, "--labels", url + "labels.json", "--cache-dir", tmp_path / "cache", "--json",
+                          "--refresh", capfd=capfd)
     assert result.returncode == 1, result.stderr
     assert "--refresh: 1 of 12 cached files had changed" in result.stderr
     report = json.loads(result.stdout)
