@@ -49,8 +49,10 @@ def run_tests(out: Path) -> tuple[str, str | None]:
     if importlib.util.find_spec("pytest") is None:
         log.write_text("pytest is not installed\n")
         return "not run", "tests/test_gpu.py: pytest is not installed here (pip install pytest)"
-    status = run_logged([sys.executable, "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider", "tests/test_gpu.py"],
-                        log)
+    # addopts emptied: one file gains nothing from setup.cfg's two xdist workers, whose starts cost
+    # seconds, and the option needs pytest-xdist, which a GPU host may lack
+    status = run_logged([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-ra", "-p", "no:cacheprovider",
+                         "tests/test_gpu.py"], log)
     lines = [line.strip("= \n") for line in log.read_text().splitlines() if line.strip()]
     outcome = lines[-1] if lines else "no output"
     return outcome, None if status == 0 else f"tests/test_gpu.py (exit {status}, see {log})"
