@@ -361,7 +361,8 @@ def build_run(config: TrainConfig, state: TrainState, data: TrainingData, dist: 
 
 def sgd(parameters, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
     """Section 5's update rule, in PyTorch's fused implementation: one pass over the 61M weights
-    rather than one per term (a step's update 0.04 s against 0.20 s on one CPU core; RESULTS.md)."""
+    rather than one per term (model-only training at 1.30x the default's rate on 2 CPU cores;
+    benchmarks/RESULTS.md)."""
     return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True)
 
 
