@@ -23,7 +23,7 @@ DEFAULT_COUNTS = {"train": 40, "val": 12, "test": 4}  # images per class
 # The demo's training options: the defaults (Caffe's biases of 0.1) at batch 32, lr 0.00125 (half
 # of the batch rule's 0.01 x 32 / 128 = 0.0025) and patience 2, so that the plateau rule acts within
 # 12 epochs. At 0.0025 seed 0 blew up in epoch 5 (best 88.3%, final 61.7%); at 0.00125 seeds 0, 1, 2
-# reach best 96.7, 98.3, 95.0% and final 96.7, 98.3, 95.0% (README; issue 24).
+# reach best 96.7, 98.3, 96.7% and final 96.7, 98.3, 95.0% (README; issue 24).
 DEMO_OPTIONS = {"batch_size": 32, "lr": 0.00125, "lr_patience": 2}
 
 
