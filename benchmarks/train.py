@@ -33,10 +33,8 @@ TRAINER_VARIANT = {"cpu": "fp32", "gpu": "fp32+channels_last"}
 
 def build(device: str, channels_last: bool, compiled: bool, fused: bool = True):
     net = alexnet(CLASSES, device, channels_last)
-    if fused:
-        optimizer = sgd(net.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
-    else:
-        optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+    make = sgd if fused else torch.optim.SGD  # the trainer's, or PyTorch's default implementation
+    optimizer = make(net.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
     return (torch.compile(net) if compiled else net), optimizer
 
 
@@ -95,7 +93,7 @@ def main(argv=None):
                          f"(data stall {max(0.0, 1 - ratio):.1%})")
             if name == TRAINER_VARIANT[kind]:
                 net, optimizer = build(kind, channels_last, compiled, fused=False)
-                step = functools.partial(train_step, net, optimizer, precision="fp32")
+                step = functools.partial(train_step, net, optimizer, precision="bf16" if bf16 else "fp32")
                 run, n = model_only(step, device, batch_size, images_per_epoch)
                 unfused = timed(run, n, args.trials, warmup=run,
                                 profile_to=profile_path(args, f"model-only {name} default-sgd"))
